@@ -1,0 +1,3 @@
+from swapwatch.stream.cli import main
+
+raise SystemExit(main())

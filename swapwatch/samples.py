@@ -1,0 +1,34 @@
+"""Real face images that installed packages ship, so demos, smoke training and tests work offline.
+
+- insightface: data/images/t1.jpg (a group photo, 6 faces) and Tom_Hanks_54745.png (an aligned 112x112 face).
+- scikit-image: data/astronaut.png (Eileen Collins, public domain, 1 face).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from swapwatch.errors import SwapwatchError
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise SwapwatchError(f"package {name!r} is not installed; it ships the sample faces")
+    return Path(spec.origin).parent
+
+
+def sample_face_images() -> dict[str, Path]:
+    """name -> path of each shipped real-face image (only those present on disk)."""
+    insight = _package_dir("insightface") / "data" / "images"
+    skimage = _package_dir("skimage") / "data"
+    candidates = {
+        "group_t1": insight / "t1.jpg",
+        "tom_hanks": insight / "Tom_Hanks_54745.png",
+        "astronaut": skimage / "astronaut.png",
+    }
+    found = {k: p for k, p in candidates.items() if p.is_file()}
+    if not found:
+        raise SwapwatchError("no sample face images found in the installed insightface / scikit-image packages")
+    return found

@@ -1,0 +1,65 @@
+"""The `swapwatch` console command.
+
+Each subcommand lives in its own module and is imported only when it runs, so `swapwatch --help` and
+the monitor start quickly without torch. Exit codes: 0 success, 2 bad usage or config, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from swapwatch import __version__
+from swapwatch.errors import ConfigError, SwapwatchError
+
+# name -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": ("swapwatch.stream.scan_command", "score the faces in images, videos and folders"),
+    "train": ("swapwatch.train.train_command", "train a MASM or AIRL detector from a YAML recipe"),
+    "eval": ("swapwatch.train.eval_command", "evaluate a checkpoint or ONNX model: AUC, EER, AP, robustness"),
+    "export": ("swapwatch.engine.export_command", "export a checkpoint to ONNX with a metadata sidecar"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swapwatch",
+        description="Real-time deepfake monitor for live video, and the toolkit that trains its detectors.",
+    )
+    parser.add_argument("--version", action="version", version=f"swapwatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # Registering arguments imports only the command module; heavy imports happen inside run().
+        importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as err:
+        print(f"swapwatch {args.command}: {err}", file=sys.stderr)
+        return 2
+    except SwapwatchError as err:
+        print(f"swapwatch {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"swapwatch {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,84 @@
+"""Detect, filter and align: the one path from a BGR frame to template-aligned face crops.
+
+The dataset cache and the live monitor both call `FacePipeline.process`, so training crops and
+live crops share detector settings, size filter and geometry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from swapwatch.errors import MediaError
+from swapwatch.stream.faces.align import align_face
+from swapwatch.stream.faces.detector import FaceDetector, check_image, keep_large_enough
+from swapwatch.stream.faces.types import AlignedFace, Face
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 BGR, EXIF orientation applied.
+
+    Decodes from bytes (np.fromfile + cv2.imdecode) because cv2.imread cannot open non-ASCII paths
+    on every platform. Grey, 16-bit and alpha images are converted to 8-bit BGR.
+    Raises MediaError naming the file when it is missing or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(p, "file not found")
+    if not p.is_file():
+        raise MediaError(p, "not a file")
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as err:
+        raise MediaError(p, f"not a readable image ({err.strerror or err})") from err
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise MediaError(p, "not a readable image")
+    return image
+
+
+class FacePipeline:
+    """Turns a frame into aligned crops of its faces.
+
+    `max_faces` keeps the first N faces by `keep` order: "score" (the detector's confidence, the
+    default, good for the monitor which watches every face) or "largest" (box area, better for a
+    dataset cache where the subject is the biggest face and bystanders can score just as high).
+    `min_face` is an extra floor on the shorter box side on top of the detector's own `min_face`,
+    for callers (e.g. a training cache) that want only faces big enough to carry detail.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        size: int = 224,
+        margin: float = 0.15,
+        max_faces: int | None = None,
+        *,
+        min_face: int = 0,
+        keep: Literal["score", "largest"] = "score",
+    ) -> None:
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
+        if keep not in ("score", "largest"):
+            raise ValueError(f"keep must be 'score' or 'largest', got {keep!r}")
+        self.detector = detector
+        self.size = size
+        self.margin = margin
+        self.max_faces = max_faces
+        self.min_face = min_face
+        self.keep = keep
+
+    def select(self, faces: list[Face]) -> list[Face]:
+        """Apply the size floor, then the ordering and the max_faces cap."""
+        faces = keep_large_enough(faces, self.min_face)
+        if self.keep == "largest":
+            faces = sorted(faces, key=lambda f: f.width * f.height, reverse=True)
+        return faces if self.max_faces is None else faces[: self.max_faces]
+
+    def process(self, image_bgr: np.ndarray) -> list[AlignedFace]:
+        check_image(image_bgr)
+        faces = self.select(self.detector.detect(image_bgr))
+        return [align_face(image_bgr, f.landmarks, self.size, self.margin, face=f) for f in faces]

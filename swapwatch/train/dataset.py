@@ -1,0 +1,146 @@
+"""Torch datasets over the aligned-crop cache: real crops, pseudo-fakes made on the fly, shared degradations.
+
+Every sample, real or fake, goes through the same geometric jitter and the same random quality
+degradations (JPEG, blur, downscale, noise), so image quality carries no information about the label.
+Pseudo-fakes are made at cache resolution before any resizing, as a generator's output would be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from swapwatch.train.config import DataSettings
+from swapwatch.train.data.cache import CropRecord, read_crop
+from swapwatch.train.degrade import degrade
+from swapwatch.train.pseudofakes.generator import PseudoFakeGenerator
+
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def split_by_video(records: Sequence[CropRecord], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic split at video level (never frames of one video on both sides)."""
+    train, val = [], []
+    for r in records:
+        if r.split == "val" or r.split == "test":
+            val.append(r)
+        elif r.split == "train" and val_fraction > 0 and (stable_hash(f"{seed}:{r.video_id}") % 10_000) < val_fraction * 10_000:
+            val.append(r)
+        else:
+            train.append(r)
+    return train, val
+
+
+def to_tensor(img_bgr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    rgb = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def jitter_resize(img: np.ndarray, size: int, rng: np.random.Generator | None, jitter: float, hflip: bool) -> np.ndarray:
+    """Random small scale/shift around the aligned crop, then resize to the model input size."""
+    h, w = img.shape[:2]
+    if rng is None or jitter <= 0:
+        out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        s = 1.0 + rng.uniform(-jitter, jitter)
+        tx, ty = rng.uniform(-jitter, jitter, size=2) * w
+        m = np.array([[s, 0, (1 - s) * w / 2 + tx], [0, s, (1 - s) * h / 2 + ty]], np.float32)
+        m *= size / w
+        out = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT101)
+    if rng is not None and hflip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+class TrainFaces(Dataset):
+    """Training samples: each real crop becomes a pseudo-fake with probability `fake_fraction`."""
+
+    def __init__(
+        self,
+        records: Sequence[CropRecord],
+        data: DataSettings,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+    ) -> None:
+        self.records = [r for r in records if r.label == 0 or data.use_dataset_fakes]
+        if not self.records:
+            raise ValueError("no training crops left after filtering")
+        self.data = data
+        self.size = image_size
+        self.mean, self.std = mean, std
+        self.seed = seed
+        self.generator = PseudoFakeGenerator(data.pseudo_fakes) if data.pseudo_fakes is not None else None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        # A fresh stream per (seed, epoch, index): reproducible and different in every worker and epoch.
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rec = self.records[index]
+        img = read_crop(rec)
+        label = int(rec.label)
+        kind = 0
+        if label == 0 and self.generator is not None and rng.random() < self.data.fake_fraction:
+            fake = self.generator(img, np.asarray(rec.landmarks, np.float32), rng)
+            img, label, kind = fake.image, 1, 1
+        img = jitter_resize(img, self.size, rng, self.data.jitter, self.data.hflip)
+        img = degrade(img, rng, self.data.degrade)
+        return to_tensor(img, self.mean, self.std), label, kind
+
+
+class ValFaces(Dataset):
+    """Validation: every real crop once as itself and once as a deterministic pseudo-fake; dataset fakes as-is.
+
+    No jitter and no degradation, so the number is comparable from run to run.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[CropRecord],
+        data: DataSettings,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+    ) -> None:
+        self.size = image_size
+        self.mean, self.std = mean, std
+        self.seed = seed
+        self.generator = PseudoFakeGenerator(data.pseudo_fakes) if data.pseudo_fakes is not None else None
+        self.samples: list[tuple[CropRecord, bool]] = []
+        for r in records:
+            self.samples.append((r, False))
+            if r.label == 0 and self.generator is not None:
+                self.samples.append((r, True))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def label_of(self, index: int) -> int:
+        rec, faked = self.samples[index]
+        return 1 if faked else int(rec.label)
+
+    def video_of(self, index: int) -> str:
+        rec, faked = self.samples[index]
+        return f"{rec.video_id}#pseudo" if faked else rec.video_id
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        rec, faked = self.samples[index]
+        img = read_crop(rec)
+        if faked:
+            rng = np.random.default_rng([self.seed, 7919, index])
+            img = self.generator(img, np.asarray(rec.landmarks, np.float32), rng).image  # type: ignore[misc]
+        img = jitter_resize(img, self.size, None, 0.0, False)
+        return to_tensor(img, self.mean, self.std), self.label_of(index), int(faked)

@@ -1,0 +1,74 @@
+"""One entry point for the training data loader: pick a pseudo-fake recipe by weight and run it.
+
+Recipes (all made from a single real aligned crop, no fake data needed):
+
+* "self_blend":  Self-Blended Images style colour/sharpness/geometry mismatch over a face-hull mask
+  (teaches blending boundaries and statistics mismatches);
+* "reconstruct": the inner face re-rendered through a random up-sampling decoder (teaches generator
+  up-sampling fingerprints, the target of the AIRL frequency stream).
+
+The mix is a weight table, validated so a misspelt recipe name is a config error naming the key.
+Quality degradations are not applied here: `swapwatch.train.degrade.degrade` runs afterwards on real
+and fake samples alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from swapwatch.config import StrictModel
+from swapwatch.train.pseudofakes.reconstruct import ReconstructConfig, check_weights, reconstruct_blend
+from swapwatch.train.pseudofakes.self_blend import SelfBlendConfig, self_blend
+
+KINDS = ("self_blend", "reconstruct")
+
+
+class PseudoFakeConfig(StrictModel):
+    """Which pseudo-fake recipes to use, how often, and each one's settings."""
+
+    self_blend: SelfBlendConfig = Field(default_factory=SelfBlendConfig, description="Self-blend settings.")
+    reconstruct: ReconstructConfig = Field(
+        default_factory=ReconstructConfig, description="Decoder-reconstruction settings."
+    )
+    mix: dict[str, float] = Field(
+        {"self_blend": 0.7, "reconstruct": 0.3},
+        description=f"Relative weight of each recipe ({', '.join(KINDS)}); non-negative, positive sum.",
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        return check_weights(v, KINDS, "pseudo-fake kind")
+
+
+@dataclass
+class PseudoFake:
+    """A generated fake: the image (uint8 BGR, crop-sized), its blend-weight mask (float32 in [0, 1];
+    where it is 0 the image equals the real crop) and the recipe name ("self_blend" | "reconstruct")."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    kind: str
+
+
+class PseudoFakeGenerator:
+    """Callable turning (crop, landmarks, rng) into a PseudoFake; stateless apart from its config, so
+    it is safe to share across DataLoader workers (randomness comes only from the rng passed in)."""
+
+    def __init__(self, cfg: PseudoFakeConfig | None = None) -> None:
+        self.cfg = cfg or PseudoFakeConfig()
+        names = [k for k in KINDS if self.cfg.mix.get(k, 0.0) > 0]
+        weights = np.asarray([self.cfg.mix[k] for k in names], np.float64)
+        self.kinds: tuple[str, ...] = tuple(names)
+        self._p = weights / weights.sum()
+
+    def __call__(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
+        kind = self.kinds[int(rng.choice(len(self.kinds), p=self._p))]
+        if kind == "self_blend":
+            image, mask = self_blend(crop, landmarks, rng, self.cfg.self_blend)
+        else:
+            image, mask = reconstruct_blend(crop, landmarks, rng, self.cfg.reconstruct)
+        return PseudoFake(image=image, mask=mask, kind=kind)
