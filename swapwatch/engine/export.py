@@ -72,7 +72,7 @@ def export_onnx(
             dynamic_axes={"input": {0: "batch"}, "score": {0: "batch"}}, opset_version=opset, dynamo=False,
         )
 
-    backbone = getattr(model, "backbone_info", None) or {}
+    backbone = model.backbone_info()
     meta = EngineMetadata(
         method=model.method,
         input_size=size,

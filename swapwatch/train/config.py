@@ -35,6 +35,8 @@ class CacheSettings(StrictModel):
     margin: float = Field(0.15, ge=0.0, le=0.4, description="Fraction of the crop left around the ArcFace template.")
     frames_per_video: int = Field(16, ge=1, description="Evenly spaced frames sampled per video.")
     max_faces_per_frame: int = Field(1, ge=1, description="Faces kept per frame (largest/most confident first).")
+    keep: Literal["largest", "score"] = Field("largest", description="Which faces count first: largest or most confident.")
+    min_face: int = Field(0, ge=0, description="Smallest face-box side kept, in source pixels (0 = detector's floor).")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Face detector for the cache.")
 
 

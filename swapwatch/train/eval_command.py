@@ -13,6 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--format", choices=["ffpp", "celebdf", "dfdc", "folder", "samples"], help="dataset layout")
     src.add_argument("--root", type=Path, help="dataset root folder")
     src.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split (default test)")
+    src.add_argument(
+        "--holdout-of", type=Path, metavar="RECIPE",
+        help="evaluate on the videos a training recipe held out for validation (same cache, same split)",
+    )
     p.add_argument("--cache", type=Path, default=Path(".cache/faces"), help="aligned-crop cache folder")
     p.add_argument("--frames", type=int, default=16, help="frames sampled per video (default 16)")
     p.add_argument("--max-items", type=int, help="evaluate at most this many media files")
@@ -25,18 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
-    from rich.table import Table
-
     from swapwatch.config import load_yaml, parse_config
     from swapwatch.errors import ConfigError, ModelFileError
     from swapwatch.train.config import CacheSettings, SamplesSource
     from swapwatch.train.data.config import DatasetConfig
-    from swapwatch.train.evaluate import evaluate, load_scorer
-    from swapwatch.train.plots import plot_robustness, plot_roc
+    from swapwatch.train.evaluate import load_scorer
 
     if not args.model.is_file():
         raise ModelFileError(args.model, "no such model (expected a .pt checkpoint or an exported .onnx)")
+    if args.holdout_of is not None:
+        return _run_holdout(args)
     if args.format == "samples":
         source = SamplesSource(split="all")
     elif args.data is not None:
@@ -62,13 +64,43 @@ def run(args: argparse.Namespace) -> int:
         max_faces_per_frame=6 if isinstance(source, SamplesSource) else 1,
     )
     records = cached_records(items_for([source]), cache)
+    return _report(args, scorer, records, json.loads(source.model_dump_json()), str(getattr(source, "root", "samples")))
+
+
+def _run_holdout(args: argparse.Namespace) -> int:
+    from swapwatch.config import load_config
+    from swapwatch.train.config import TrainConfig
+    from swapwatch.train.dataset import split_by_video
+    from swapwatch.train.evaluate import load_scorer
+    from swapwatch.train.loop import cached_records, items_for
+
+    cfg = load_config(TrainConfig, args.holdout_of)
+    scorer = load_scorer(args.model)
+    if cfg.data.val_sources:
+        records = cached_records(items_for(cfg.data.val_sources), cfg.data.cache)
+    else:
+        _, records = split_by_video(
+            cached_records(items_for(cfg.data.sources), cfg.data.cache), cfg.data.val_fraction, cfg.seed
+        )
+    return _report(args, scorer, records, {"holdout_of": str(args.holdout_of)}, f"held-out videos of {cfg.name}")
+
+
+def _report(args: argparse.Namespace, scorer, records, dataset: dict, title: str) -> int:  # noqa: ANN001
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from swapwatch.train.evaluate import evaluate
+    from swapwatch.train.plots import plot_robustness, plot_roc
+
     report = evaluate(scorer, records, pseudo_fakes=args.pseudo_fakes, robustness=args.robustness, seed=args.seed)
 
     args.out.mkdir(parents=True, exist_ok=True)
     body = {
         "model": str(args.model),
         "scorer": scorer.name,
-        "dataset": json.loads(source.model_dump_json()),
+        "dataset": dataset,
         "metrics": report.metrics,
         "per_source": report.per_source,
         "robustness": report.robustness,
@@ -79,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         plot_robustness(report.robustness, args.out / "robustness.png")
 
     console = Console()
-    t = Table(title=f"{args.model.name} on {getattr(source, 'root', 'samples')}")
+    t = Table(title=f"{args.model.name} on {title}")
     for col in ("frame AUC", "video AUC", "EER", "AP", "acc@0.5", "n", "fakes"):
         t.add_column(col)
     m = report.metrics

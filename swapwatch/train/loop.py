@@ -29,7 +29,7 @@ from swapwatch.train.data.cache import CropRecord, FaceCacheConfig, build_face_c
 from swapwatch.train.data.items import MediaItem
 from swapwatch.train.dataset import TrainFaces, ValFaces, split_by_video
 from swapwatch.train.metrics import compute_metrics
-from swapwatch.train.models import build_model
+from swapwatch.train.models import build_model, parse_model_config
 from swapwatch.train.models.base import Detector
 from swapwatch.train.plots import plot_loss_curves, plot_roc
 from swapwatch.train.samples_data import sample_items
@@ -68,6 +68,8 @@ def cached_records(items: list[MediaItem], c: CacheSettings) -> list[CropRecord]
         margin=c.margin,
         frames_per_video=c.frames_per_video,
         max_faces_per_frame=c.max_faces_per_frame,
+        keep=c.keep,
+        min_face=c.min_face,
         detector=c.detector,
     )
     report = build_face_cache(items, cache_cfg, progress=True)
@@ -97,14 +99,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path: Path) -> tuple[Detector, dict[str, Any]]:
-    from pydantic import TypeAdapter
-
-    from swapwatch.train.models import ModelConfig
-
     state = load_checkpoint(path)
-    if "model_config" not in state or "model" not in state:
+    if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise SwapwatchError(f"{path}: not a swapwatch checkpoint (missing model_config/model)")
-    model = build_model(TypeAdapter(ModelConfig).validate_python(state["model_config"]))
+    model = build_model(parse_model_config(state["model_config"], source=str(path)))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
@@ -218,6 +216,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
         raise _Stop()
 
     old_term = signal.signal(signal.SIGTERM, on_term)
+    show_progress = os.environ.get("SWAPWATCH_PROGRESS", "1") == "1"
     model.train()
     epoch = step // max(1, len(train_ds) // cfg.optim.batch_size)
     progress = Progress(
@@ -226,7 +225,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        disable=not bool(os.environ.get("SWAPWATCH_PROGRESS", "1") == "1"),
+        disable=not show_progress,
     )
     interrupted = False
     try:
@@ -263,6 +262,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
                         row.update({k: float(v.detach()) for k, v in losses.items()})
                         history.append(row)
                         progress.update(task, info=f"loss {row['total']:.4f}")
+                        if not show_progress and step % (cfg.log_every * 5) == 0:
+                            log.info("step %d/%d: loss %.4f", step, cfg.optim.steps, row["total"])
                     progress.update(task, completed=step)
                     if step % cfg.eval_every == 0 or step == cfg.optim.steps:
                         ev = validate()

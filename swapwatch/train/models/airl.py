@@ -151,6 +151,10 @@ class AIRLDetector(Detector):
         self.std = tuple(float(v) for v in backbone.std)  # type: ignore[assignment]
         self.rgb_pretrained = bool(backbone.pretrained)
         self.rgb_source = str(backbone.source)
+        # The names every Detector exposes (see Detector.backbone_info): the RGB stream is the pretrained part.
+        self.pretrained = self.rgb_pretrained
+        self.backbone_source = self.rgb_source
+        self.backbone_name = cfg.rgb_backbone
 
         self.rgb = backbone.module
         self.freq = FrequencyStream(self.mean, self.std, cfg.low_cut, cfg.freq_widths, cfg.log_scale)

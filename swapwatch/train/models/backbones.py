@@ -165,7 +165,7 @@ def _create_timm(name: str, weights: Path | None, image_size: int | None) -> Bac
     if image_size is not None and fixed:
         kwargs["img_size"] = image_size
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-    kind: Literal["vit", "cnn"] = "vit" if hasattr(model, "blocks") and hasattr(model, "patch_embed") else "cnn"
+    kind: Literal["vit", "cnn"] = "vit" if hasattr(model, "patch_embed") else "cnn"  # transformer family
     size = image_size or default_size
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is not None and size % int(patch[0]) != 0:

@@ -45,6 +45,14 @@ class Detector(nn.Module):
     def on_after_backward(self, step: int) -> None:
         """Hook run by the training loop after backward and before the optimizer step."""
 
+    def backbone_info(self) -> dict[str, object]:
+        """Name, pretrained flag and weights source of the backbone, for checkpoints and engine metadata."""
+        return {
+            "name": getattr(self, "backbone_name", None),
+            "pretrained": getattr(self, "pretrained", None),
+            "source": str(getattr(self, "backbone_source", None)),
+        }
+
     def export_module(self) -> nn.Module:
         """A plain module for export (MASM folds its subspaces here). Default: self."""
         return self
