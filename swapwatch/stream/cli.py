@@ -20,7 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("swapwatch.stream.scan_command", "score the faces in images, videos and folders"),
     "train": ("swapwatch.train.train_command", "train a MASM or AIRL detector from a YAML recipe"),
     "eval": ("swapwatch.train.eval_command", "evaluate a checkpoint or ONNX model: AUC, EER, AP, robustness"),
-    "export": ("swapwatch.engine.export_command", "export a checkpoint to ONNX with a metadata sidecar"),
+    "export": ("swapwatch.engine.export_command", "export a checkpoint to ONNX / TensorRT with a metadata sidecar"),
+    "calibrate": (
+        "swapwatch.calib.calibrate_command",
+        "INT8/FP16 ONNX variants and score calibration with false-positive-rate thresholds",
+    ),
+    "bench": ("swapwatch.stream.bench_command", "measure engine throughput and latency per batch size"),
 }
 
 

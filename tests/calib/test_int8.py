@@ -1,0 +1,177 @@
+"""INT8 Q/DQ calibration of the real smoke MASM (ViT) and AIRL (ResNet-18 + DCT) models on real face crops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from swapwatch.calib.int8 import Int8Config, calibrate_int8, float_kept_nodes, quantize_onnx_int8
+from swapwatch.engine.export import sample_crops
+from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path, write_metadata
+from swapwatch.engine.onnx_runtime import OnnxEngine
+from swapwatch.errors import ModelFileError
+from swapwatch.stream.faces.align import template_landmarks
+from swapwatch.train.pseudofakes.generator import PseudoFakeGenerator
+
+MAX_DRIFT = 0.03
+"""Largest |INT8 - FP32| score allowed on the calibration crops (measured: ~0.006 on both smoke models)."""
+
+
+def copy_model(src: Path, dst_dir: Path) -> Path:
+    dst = dst_dir / "model.onnx"
+    shutil.copy(src, dst)
+    shutil.copy(sidecar_path(src), sidecar_path(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def crops_by_size() -> dict[tuple[int, float], np.ndarray]:
+    return {}
+
+
+def real_and_pseudo_crops(cache: dict[tuple[int, float], np.ndarray], size: int, margin: float) -> np.ndarray:
+    """The 8 real sample faces plus one deterministic pseudo-fake of each (16 crops)."""
+    if (size, margin) not in cache:
+        reals = sample_crops(size, margin)
+        lm = template_landmarks(size, margin)
+        gen = PseudoFakeGenerator()
+        fakes = [gen(c, lm, np.random.default_rng([0, 7919, i])).image for i, c in enumerate(reals)]
+        cache[(size, margin)] = np.concatenate([reals, np.stack(fakes)])
+    return cache[(size, margin)]
+
+
+def initializer(graph: onnx.GraphProto, name: str) -> np.ndarray:
+    for t in graph.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "act_dtype", "act_zero_point"),
+    [
+        ("masm", "cpu", np.uint8, 128),
+        ("airl", "cpu", np.uint8, 128),
+        ("masm", "tensorrt", np.int8, 0),
+        ("airl", "tensorrt", np.int8, 0),
+    ],
+)
+def test_int8_qdq_graph_runs_and_stays_close_to_fp32(
+    smoke_onnx: dict[str, Path], crops_by_size, tmp_path: Path, method: str, target: str, act_dtype, act_zero_point: int
+) -> None:
+    model = copy_model(smoke_onnx[method], tmp_path)
+    fp32 = OnnxEngine(model)
+    crops = real_and_pseudo_crops(crops_by_size, fp32.input_size, fp32.meta.alignment.margin)
+    res = calibrate_int8(model, crops, tmp_path / "model.int8.onnx", Int8Config(target=target), source="sample faces")
+
+    graph = onnx.load(str(res.path)).graph
+    q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq and len(dq) >= len(q)
+    # activations: the target's type and symmetric zero point; weights: int8, zero point 0, per channel
+    for n in q:
+        zp = initializer(graph, n.input[2])
+        assert zp.dtype == act_dtype and np.all(zp == act_zero_point), n.name
+    weight_dq = [n for n in dq if any(t.name == n.input[0] for t in graph.initializer)]
+    assert weight_dq
+    assert all(initializer(graph, n.input[0]).dtype == np.int8 for n in weight_dq)
+    assert any(initializer(graph, n.input[1]).size > 1 for n in weight_dq)  # per-channel scales
+    assert not [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT32]  # biases stay float
+
+    int8 = OnnxEngine(res.path)  # loads on ORT CPU and verifies the new sidecar's hash
+    x = fp32.preprocess(crops)
+    drift = np.abs(int8.infer(x) - fp32.infer(x))
+    assert drift.max() <= MAX_DRIFT, f"max drift {drift.max():.4f}"
+
+    meta, src_meta = read_metadata(res.path), read_metadata(model)
+    assert meta.precision == "int8" and meta.model_sha256 == file_sha256(res.path) != src_meta.model_sha256
+    assert (meta.method, meta.input_size, meta.mean, meta.std, meta.alignment) == (
+        src_meta.method, src_meta.input_size, src_meta.mean, src_meta.std, src_meta.alignment
+    )
+    cal = meta.export["calibration"]
+    assert cal["n_crops"] == 16 and cal["method"] == "minmax" and cal["source"] == "sample faces"
+    assert meta.export["quantization"]["target"] == target
+    assert meta.export["derived_from"] == {"model": "model.onnx", "model_sha256": src_meta.model_sha256}
+    assert read_metadata(model) == src_meta  # the FP32 sidecar is untouched
+
+
+@pytest.mark.parametrize(
+    ("method", "head", "sensitive"),
+    [
+        # ViT: only the classifier Gemm is kept float; nothing feeds Log/Sqrt/Div denominators
+        ("masm", ["/detector/head/Gemm"], []),
+        # AIRL: the head, and the frequency front end (grey 1x1 conv + DCT conv feeding the log compression)
+        ("airl", ["/detector/head/Gemm"], ["/detector/freq/dct/Conv", "/detector/freq/dct/dct/Conv"]),
+    ],
+)
+def test_float_kept_nodes_of_the_smoke_graphs(
+    smoke_onnx: dict[str, Path], tmp_path: Path, method: str, head: list[str], sensitive: list[str]
+) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(smoke_onnx[method]), str(pre))
+    kept = float_kept_nodes(onnx.load(str(pre)))
+    assert kept["head"] == head
+    assert kept["sensitive"] == sensitive
+    assert len(kept["stem"]) == (1 if method == "masm" else 2)  # patch embedding; RGB conv1 + grey conv
+
+
+def test_kept_nodes_really_stay_float(smoke_onnx: dict[str, Path], crops_by_size, tmp_path: Path) -> None:
+    engine = OnnxEngine(smoke_onnx["airl"])
+    x = engine.preprocess(real_and_pseudo_crops(crops_by_size, engine.input_size, engine.meta.alignment.margin))
+    info = quantize_onnx_int8(smoke_onnx["airl"], tmp_path / "q.onnx", x)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name in info["float_nodes"]:
+            fed_by = [producers[i].op_type for i in node.input if i in producers]
+            assert "DequantizeLinear" not in fed_by, node.name
+    quantized = [n for n in graph.node if n.op_type == "Conv" and n.name not in info["float_nodes"]]
+    assert len(quantized) >= 20  # the ResNet body and the frequency CNN are INT8
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        (lambda m: m.unlink(), ModelFileError, "no such model"),
+        (lambda m: m.write_bytes(b"not an onnx model"), ModelFileError, "sidecar does not match"),
+        (lambda m: sidecar_path(m).unlink(), ModelFileError, "missing metadata sidecar"),
+    ],
+)
+def test_bad_models_are_refused_naming_the_file(
+    smoke_onnx: dict[str, Path], tmp_path: Path, damage, error: type[Exception], message: str
+) -> None:
+    model = copy_model(smoke_onnx["masm"], tmp_path)
+    damage(model)
+    with pytest.raises(error, match=message) as info:
+        calibrate_int8(model, np.zeros((2, 64, 64, 3), np.uint8), tmp_path / "q.onnx")
+    assert "model.onnx" in str(info.value)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_corrupt_model_with_matching_sidecar_names_the_file(smoke_onnx: dict[str, Path], tmp_path: Path) -> None:
+    model = copy_model(smoke_onnx["masm"], tmp_path)
+    model.write_bytes(b"\x08\x07garbage")
+    meta = read_metadata(model, verify_hash=False)
+    write_metadata(model, meta.model_copy(update={"model_sha256": file_sha256(model)}))
+    with pytest.raises(ModelFileError, match=r"model\.onnx: expected a valid ONNX model"):
+        calibrate_int8(model, np.zeros((2, 64, 64, 3), np.uint8), tmp_path / "q.onnx")
+
+
+def test_only_fp32_models_are_quantized(smoke_onnx: dict[str, Path], tmp_path: Path) -> None:
+    model = copy_model(smoke_onnx["masm"], tmp_path)
+    meta = read_metadata(model)
+    write_metadata(model, meta.model_copy(update={"precision": "fp16"}))
+    with pytest.raises(ModelFileError, match="precision=fp16"):
+        calibrate_int8(model, np.zeros((2, 64, 64, 3), np.uint8), tmp_path / "q.onnx")
+
+
+def test_wrong_size_crops_name_the_model(smoke_onnx: dict[str, Path], tmp_path: Path) -> None:
+    model = copy_model(smoke_onnx["masm"], tmp_path)
+    with pytest.raises(ValueError, match=r"model\.onnx: expected crops of shape \(N, 64, 64, 3\)"):
+        calibrate_int8(model, np.zeros((2, 112, 112, 3), np.uint8), tmp_path / "q.onnx")
