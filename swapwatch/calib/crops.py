@@ -20,7 +20,6 @@ calibration. Unreadable files are skipped with a warning and listed in `skipped`
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from swapwatch.errors import ConfigError, DatasetLayoutError, MediaError, NoFaceError
+from swapwatch.train.data.media import media_files
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,6 @@ class CropSet:
         }
 
 
-def _media(folder: Path) -> list[Path]:
-    """Images and videos under `folder`, any depth, hidden entries skipped, sorted."""
-    from swapwatch.train.data.media import is_image, is_video
-
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            p = Path(dirpath) / name
-            if not name.startswith(".") and (is_image(p) or is_video(p)):
-                found.append(p)
-    return sorted(found)
 
 
 def list_media(root: str | Path) -> dict[int, list[Path]]:
@@ -97,7 +85,7 @@ def list_media(root: str | Path) -> dict[int, list[Path]]:
     present = [name for name in CLASSES if (root / name).is_dir()]
     if not present:
         raise DatasetLayoutError(root, LAYOUT, "neither real/ nor fake/ exists")
-    files = {CLASSES[name]: _media(root / name) for name in present}
+    files = {CLASSES[name]: media_files(root / name) for name in present}
     if not any(files.values()):
         raise DatasetLayoutError(root, LAYOUT, f"no images or videos under {' or '.join(n + '/' for n in present)}")
     return files

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from swapwatch.config import StrictModel
-from swapwatch.stream.faces import DetectorConfig
+from swapwatch.train.data.cache import FaceCacheConfig
 from swapwatch.train.data.config import DatasetConfig
 from swapwatch.train.degrade import DegradeConfig
 from swapwatch.train.models import ModelConfig
@@ -29,15 +29,10 @@ class SamplesSource(StrictModel):
 Source = Annotated[DatasetConfig | SamplesSource, Field(discriminator="format")]
 
 
-class CacheSettings(StrictModel):
+class CacheSettings(FaceCacheConfig):
+    """The aligned-crop cache (see swapwatch.train.data.cache.FaceCacheConfig), with a default folder."""
+
     root: Path = Field(Path(".cache/faces"), description="Folder of the aligned-crop cache (built once, reused).")
-    size: int = Field(256, ge=64, le=1024, description="Side of the cached aligned crops in pixels.")
-    margin: float = Field(0.15, ge=0.0, le=0.4, description="Fraction of the crop left around the ArcFace template.")
-    frames_per_video: int = Field(16, ge=1, description="Evenly spaced frames sampled per video.")
-    max_faces_per_frame: int = Field(1, ge=1, description="Faces kept per frame (largest/most confident first).")
-    keep: Literal["largest", "score"] = Field("largest", description="Which faces count first: largest or most confident.")
-    min_face: int = Field(0, ge=0, description="Smallest face-box side kept, in source pixels (0 = detector's floor).")
-    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Face detector for the cache.")
 
 
 class DataSettings(StrictModel):

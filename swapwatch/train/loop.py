@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from swapwatch.errors import SwapwatchError
 from swapwatch.train.config import CacheSettings, SamplesSource, TrainConfig
 from swapwatch.train.data import read_dataset
-from swapwatch.train.data.cache import CropRecord, FaceCacheConfig, build_face_cache, load_face_cache
+from swapwatch.train.data.cache import CropRecord, build_face_cache, load_face_cache
 from swapwatch.train.data.items import MediaItem
 from swapwatch.train.dataset import TrainFaces, ValFaces, split_by_video
 from swapwatch.train.metrics import compute_metrics
@@ -62,17 +62,7 @@ def items_for(sources: list[Any]) -> list[MediaItem]:
 
 
 def cached_records(items: list[MediaItem], c: CacheSettings) -> list[CropRecord]:
-    cache_cfg = FaceCacheConfig(
-        root=c.root,
-        size=c.size,
-        margin=c.margin,
-        frames_per_video=c.frames_per_video,
-        max_faces_per_frame=c.max_faces_per_frame,
-        keep=c.keep,
-        min_face=c.min_face,
-        detector=c.detector,
-    )
-    report = build_face_cache(items, cache_cfg, progress=True)
+    report = build_face_cache(items, c, progress=True)
     log.info("face cache %s: %s", c.root, report)
     wanted = {str(Path(i.path).resolve()) for i in items}
     split_of = {str(Path(i.path).resolve()): i.split for i in items}

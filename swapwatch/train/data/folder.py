@@ -13,13 +13,12 @@ videos, and images lying directly in real/ or fake/, are assigned one by one.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swapwatch.errors import DatasetLayoutError
 from swapwatch.train.data.items import FAKE, REAL, SPLITS, MediaItem, relative_id, train_or_val
-from swapwatch.train.data.media import is_image, is_video
+from swapwatch.train.data.media import is_video, media_files
 
 if TYPE_CHECKING:
     from swapwatch.train.data.config import DatasetConfig
@@ -30,21 +29,11 @@ FORMAT = "folder"
 CLASSES: dict[str, int] = {"real": REAL, "fake": FAKE}
 
 
-def _media_files(folder: Path) -> list[Path]:
-    """Every image or video under `folder`, at any depth, skipping hidden entries; sorted."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not name.startswith(".") and (is_image(path) or is_video(path)):
-                found.append(path)
-    return sorted(found)
 
 
 def _class_items(root: Path, class_dir: Path, label: int, split: str | None, cfg: DatasetConfig) -> list[MediaItem]:
     items: list[MediaItem] = []
-    for path in _media_files(class_dir):
+    for path in media_files(class_dir):
         rel = path.relative_to(class_dir)
         source = rel.parts[0] if len(rel.parts) > 1 else class_dir.name
         kind = "video" if is_video(path) else "image"

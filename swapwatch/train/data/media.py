@@ -8,6 +8,7 @@ what went wrong, so a training run can log and skip a bad file instead of dying 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def is_image(path: str | Path) -> bool:
 def is_media(path: str | Path) -> bool:
     """True for a video or an image, judged by suffix."""
     return is_video(path) or is_image(path)
+
+
+def media_files(folder: str | Path) -> list[Path]:
+    """Every image or video under `folder`, at any depth, skipping hidden entries; sorted."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and is_media(path):
+                found.append(path)
+    return sorted(found)
 
 
 def sample_indices(n_frames: int, n: int) -> list[int]:

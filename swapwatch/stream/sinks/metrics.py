@@ -1,0 +1,219 @@
+"""Prometheus metrics: stage latencies, throughput, drops, reconnects, faces, alerts, states per stream.
+
+Two halves:
+
+* `Metrics` owns its own `CollectorRegistry` (not prometheus_client's global one, so two monitors or
+  two tests in one process never collide) and has cheap synchronous methods the pipeline calls on its
+  hot path (`observe_stage`, `frame`, `dropped`...). Expose it with `start_http_server()` (a small
+  thread that prometheus_client runs) or serve `render()` from the API server's `/metrics` route.
+* `MetricsSink` turns events into metrics (state changes, alerts, stream states, reconnects), so the
+  numbers a dashboard shows and the events a webhook receives can never disagree.
+
+Label cardinality stays bounded: stage latencies are labelled by stage only (six values); the per-stream
+series are labelled by stream name (a handful), never by track id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from swapwatch.config import StrictModel
+from swapwatch.stream.events import Event
+from swapwatch.stream.temporal import LEVEL, STATES
+
+STAGES: tuple[str, ...] = ("decode", "detect", "batch_wait", "infer", "smooth", "emit")
+"""Stages of the path of one frame whose latency is measured (DESIGN.md)."""
+
+SOURCE_STATES: tuple[str, ...] = ("connecting", "live", "reconnecting", "failed", "ended")
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+
+class MetricsConfig(StrictModel):
+    """Prometheus metrics."""
+
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port from a small thread (None: use the API server's).",
+    )
+    host: str = Field("127.0.0.1", description="Address the metrics port listens on.")
+    namespace: str = Field("swapwatch", description="Prefix of every metric name.")
+    latency_buckets: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_BUCKETS),
+        min_length=1,
+        description="Histogram bucket upper bounds in seconds (stage and glass-to-score latency).",
+    )
+
+
+class Metrics:
+    """The monitor's metrics, in a registry of their own."""
+
+    def __init__(self, config: MetricsConfig | None = None, registry: Any = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.config = config or MetricsConfig()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ns = self.config.namespace
+        buckets = sorted(self.config.latency_buckets)
+        reg = self.registry
+        self.stage_latency = Histogram(
+            "stage_latency_seconds", "Time spent per frame in each pipeline stage.", ["stage"],
+            namespace=ns, buckets=buckets, registry=reg,
+        )  # fmt: skip
+        self.frame_latency = Histogram(
+            "frame_latency_seconds", "Glass-to-score latency per frame (received -> smoothed).", ["stream"],
+            namespace=ns, buckets=buckets, registry=reg,
+        )  # fmt: skip
+        self.frames = Counter("frames", "Frames processed.", ["stream"], namespace=ns, registry=reg)
+        self.fps = Gauge("fps", "Frames per second processed lately.", ["stream"], namespace=ns, registry=reg)
+        self.drops = Counter(
+            "dropped_frames",
+            "Frames dropped before scoring, by reason.",
+            ["stream", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.sink_drops = Counter(
+            "sink_dropped",
+            "Items a slow sink dropped (kind: event | frame).",
+            ["sink", "kind"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.reconnects = Counter("reconnects", "Source reconnection attempts.", ["stream"], namespace=ns, registry=reg)
+        self.faces = Gauge("faces", "Live face tracks.", ["stream"], namespace=ns, registry=reg)
+        self.alerts = Counter("alerts", "Tracks that rose into alert.", ["stream"], namespace=ns, registry=reg)
+        self.state_changes = Counter(
+            "state_changes", "Track state changes, by new state.", ["stream", "state"], namespace=ns, registry=reg
+        )
+        self.stream_state = Gauge(
+            "stream_state", "1 for the stream's current verdict (worst live track state), 0 for the others.",
+            ["stream", "state"], namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.stream_level = Gauge(
+            "stream_level", "The stream's verdict as a number: 0 clear, 1 suspicious, 2 alert.", ["stream"],
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.source_state = Gauge(
+            "source_state", "1 for the source's current state, 0 for the others.", ["stream", "source_state"],
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self._server: Any = None
+        self._thread: Any = None
+
+    # -- hot path: called by the pipeline, synchronous and cheap --------------------------------------
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Time one frame (or one batch) spent in `stage` (one of STAGES)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        self.stage_latency.labels(stage).observe(max(0.0, seconds))
+
+    def observe_latency(self, stream: str, seconds: float) -> None:
+        """Glass-to-score latency of one frame."""
+        self.frame_latency.labels(stream).observe(max(0.0, seconds))
+
+    def frame(self, stream: str, n: int = 1) -> None:
+        self.frames.labels(stream).inc(n)
+
+    def set_fps(self, stream: str, fps: float) -> None:
+        self.fps.labels(stream).set(fps)
+
+    def dropped(self, stream: str, reason: str, n: int = 1) -> None:
+        """Frames dropped before scoring (reason e.g. "queue_full", "stale")."""
+        self.drops.labels(stream, reason).inc(n)
+
+    def sink_dropped(self, sink: str, kind: str) -> None:
+        """`SinkSet.on_drop` hook."""
+        self.sink_drops.labels(sink, kind).inc()
+
+    def reconnect(self, stream: str) -> None:
+        self.reconnects.labels(stream).inc()
+
+    def set_faces(self, stream: str, n: int) -> None:
+        self.faces.labels(stream).set(n)
+
+    def set_stream_state(self, stream: str, state: str) -> None:
+        for s in STATES:
+            self.stream_state.labels(stream, s).set(1.0 if s == state else 0.0)
+        self.stream_level.labels(stream).set(LEVEL[state])
+
+    def set_source_state(self, stream: str, source_state: str) -> None:
+        for s in SOURCE_STATES:
+            self.source_state.labels(stream, s).set(1.0 if s == source_state else 0.0)
+
+    # -- exposure --------------------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of the text exposition format, for an HTTP /metrics handler."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """A sample's current value by full name (e.g. "swapwatch_alerts_total"), or None."""
+        return self.registry.get_sample_value(name, labels or {})
+
+    def start_http_server(self) -> int:
+        """Serve this registry on `config.host:config.port` from a daemon thread; returns the bound port."""
+        from prometheus_client import start_http_server
+
+        if self._server is None:
+            self._server, self._thread = start_http_server(
+                self.config.port or 0, addr=self.config.host, registry=self.registry
+            )
+        return int(self._server.server_port)
+
+    def stop_http_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = self._thread = None
+
+
+class MetricsSink:
+    """Updates `Metrics` from events: state changes, alerts, verdicts, faces, fps, source states."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+
+    async def publish(self, event: Event) -> None:
+        self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        """Synchronous form of `publish`."""
+        m = self.metrics
+        if event.type == "state":
+            if event.previous_state is not None and event.previous_state != event.state:
+                m.state_changes.labels(event.stream, event.state).inc()
+                if event.state == "alert":
+                    m.alerts.labels(event.stream).inc()
+        elif event.type == "summary":
+            m.set_stream_state(event.stream, event.state)
+            if event.tracks is not None:
+                m.set_faces(event.stream, event.tracks)
+            if event.fps is not None:
+                m.set_fps(event.stream, event.fps)
+        elif event.type == "stream" and event.source_state is not None:
+            m.set_source_state(event.stream, event.source_state)
+            m.set_stream_state(event.stream, event.state)
+            if event.source_state == "reconnecting":
+                m.reconnect(event.stream)
+            if event.source_state in ("ended", "failed"):
+                m.set_faces(event.stream, 0)
+
+    async def aclose(self) -> None:
+        self.metrics.stop_http_server()
+
+
+def metric_names(metrics: Metrics) -> Sequence[str]:
+    """Every metric family name in the registry (for docs and tests)."""
+    return sorted({m.name for m in metrics.registry.collect()})
