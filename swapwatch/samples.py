@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from swapwatch.errors import SwapwatchError
+import numpy as np
+
+from swapwatch.errors import NoFaceError, SwapwatchError
 
 
 def _package_dir(name: str) -> Path:
@@ -32,3 +34,18 @@ def sample_face_images() -> dict[str, Path]:
     if not found:
         raise SwapwatchError("no sample face images found in the installed insightface / scikit-image packages")
     return found
+
+
+def sample_crops(size: int, margin: float, limit: int = 16) -> np.ndarray:
+    """Aligned crops (N, size, size, 3) of the faces in the sample images: real inputs for export checks,
+    engine profiles and benchmarks. Needs no torch."""
+    from swapwatch.stream.faces import FacePipeline, load_detector
+    from swapwatch.stream.faces.pipeline import read_image
+
+    pipeline = FacePipeline(load_detector(), size=size, margin=margin)
+    crops = []
+    for path in sample_face_images().values():
+        crops.extend(a.crop for a in pipeline.process(read_image(path)))
+    if not crops:
+        raise NoFaceError("no face found in the package sample images")
+    return np.stack(crops[:limit])

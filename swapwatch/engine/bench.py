@@ -260,7 +260,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
             try:
                 key = (int(engine.input_size), float(engine.meta.alignment.margin))
                 if key not in crops_cache:
-                    from swapwatch.engine.export import sample_crops
+                    from swapwatch.samples import sample_crops
 
                     crops_cache[key] = sample_crops(*key)
                 crops = engine.preprocess(crops_cache[key])

@@ -37,7 +37,8 @@ from swapwatch.engine.metadata import EngineMetadata, file_sha256, read_metadata
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.engine.plan_cache import BatchProfile, descriptor_path
 from swapwatch.engine.torch_runtime import checkpoint_margin, metadata_for_checkpoint
-from swapwatch.errors import ConfigError, ModelFileError, NoFaceError, SwapwatchError
+from swapwatch.errors import ConfigError, ModelFileError, SwapwatchError
+from swapwatch.samples import sample_crops  # noqa: F401 - re-exported for callers of export
 from swapwatch.train.models.base import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,6 @@ def default_tolerance(fmt: str, precision: str) -> float:
     if precision == "fp16":
         return 2e-2
     return 5e-3 if fmt in ("tensorrt", "torch-tensorrt") else 1e-3
-
-
-def sample_crops(size: int, margin: float, limit: int = 16) -> np.ndarray:
-    """Aligned crops of the real faces that installed packages ship, at the model's input size."""
-    from swapwatch.samples import sample_face_images
-    from swapwatch.stream.faces import FacePipeline, load_detector
-    from swapwatch.stream.faces.pipeline import read_image
-
-    pipeline = FacePipeline(load_detector(), size=size, margin=margin)
-    crops = []
-    for path in sample_face_images().values():
-        crops.extend(a.crop for a in pipeline.process(read_image(path)))
-    if not crops:
-        raise NoFaceError("no face found in the package sample images for the export check")
-    return np.stack(crops[:limit])
 
 
 def _torch_scores(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:

@@ -107,7 +107,7 @@ def batch_sizes_for(engine: SupportsInfer, sizes: Sequence[int] = DEFAULT_BATCHE
 
 def real_face_batch(engine: Any) -> np.ndarray:
     """Preprocessed real aligned face crops (the package sample photos) for this engine's input size."""
-    from swapwatch.engine.export import sample_crops
+    from swapwatch.samples import sample_crops
 
     return engine.preprocess(sample_crops(engine.input_size, engine.meta.alignment.margin))
 

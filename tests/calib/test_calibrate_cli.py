@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from swapwatch.calib import calibrate_command
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ConfigError, SwapwatchError

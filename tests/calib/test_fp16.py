@@ -17,7 +17,7 @@ from swapwatch.calib.fp16 import (
     probe_ranges,
     to_mixed_fp16,
 )
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from swapwatch.calib.int8 import Int8Config, calibrate_int8, float_kept_nodes, quantize_onnx_int8
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path, write_metadata
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError

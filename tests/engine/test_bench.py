@@ -119,7 +119,7 @@ def int8_copy(smoke_onnx: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     pytest.importorskip("onnx")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from swapwatch.engine.export import sample_crops
+    from swapwatch.samples import sample_crops
     from swapwatch.engine.metadata import file_sha256, read_metadata, write_metadata
     from swapwatch.engine.onnx_runtime import OnnxEngine
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.onnx_runtime import OnnxEngine, default_model_path
 from swapwatch.engine.metadata import read_metadata
 

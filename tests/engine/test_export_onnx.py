@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from swapwatch.engine.export import sample_crops
+from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import read_metadata
 from swapwatch.engine.plan_cache import BatchProfile, PlanCache, StalePlanError, descriptor_path
 from swapwatch.engine.select import load_engine
