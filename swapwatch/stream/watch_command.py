@@ -1,0 +1,138 @@
+"""`swapwatch watch SOURCE...`: monitor live streams and files, writing events as faces change state.
+
+    swapwatch watch rtsp://cam.local/live --events events.jsonl
+    swapwatch watch call.mp4 --events ev.jsonl --annotate annotated.mp4 --duration 60
+    swapwatch watch --config configs/monitor.yaml --print-config
+    swapwatch watch a.mp4 b.mp4 --no-realtime --set smoothing.alert_enter=0.9 --report report.json
+
+Runs until every source ends, `--duration` seconds pass, or SIGINT/SIGTERM arrives; then it flushes the
+sinks (events file, webhooks, videos) and exits 0. A source that fails (missing file, unreachable camera)
+is reported as a `stream` event `failed` and the others keep running; the exit code is 1 only when every
+source failed (nothing was monitored). Bad options or config: exit 2, naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# Static copy keeps `swapwatch --help` free of engine imports; the config validates the value again.
+_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch-tensorrt", "torch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="video sources: file paths, rtsp://, http(s):// (HLS, MJPEG, files), /dev/videoN or a camera "
+                   "index; they replace the config's `sources`")
+    p.add_argument("--config", type=Path, help="monitor config YAML (see configs/monitor.yaml); default: built-in defaults")
+    p.add_argument("--events", type=Path, metavar="PATH", help="append events as JSON lines to this file ('-' for stdout)")
+    p.add_argument("--annotate", type=Path, metavar="PATH",
+                   help="write an annotated H.264 video (boxes, track ids, states, scores); '{stream}' in the name "
+                   "gives one file per stream")
+    p.add_argument("--evidence", type=Path, metavar="DIR", help="write a clip, face snapshot and score timeline per alert")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run until "
+                   "the sources end or SIGINT/SIGTERM)")
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="recorded files: pace frames at their native rate (--realtime) or read them as fast as they "
+                   "are scored (--no-realtime); default: the config's `realtime` (paced)")
+    p.add_argument("--model", type=Path, help="deepfake detector (.onnx with its sidecar, .plan, .ep, .pt); default: embedded")
+    p.add_argument("--backend", choices=_BACKENDS, help="inference backend (default: the config's, auto)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
+                   help="override any config field by its dotted path, e.g. --set smoothing.alert_enter=0.9 "
+                   "--set faces.detect_every=2 (the value is read as YAML); repeatable")
+    p.add_argument("--no-console", action="store_true", help="no live table or console lines (events still go to sinks)")
+    p.add_argument("--report", type=Path, metavar="PATH",
+                   help="write a JSON run report: per-stream counts, stage timings, latency percentiles, batcher and sinks")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config (defaults + file + environment + options) as YAML and exit; "
+                   "URL credentials are masked, secrets from the environment appear as variable names")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config overrides from the command-line options (the `--set` values last)."""
+    from swapwatch.stream.config import parse_set_option
+
+    overrides: dict[str, Any] = {}
+    if args.sources:
+        overrides["sources"] = [{"url": s} for s in args.sources]
+    if args.events is not None:
+        overrides["sinks.jsonl.path"] = str(args.events)
+    if args.annotate is not None:
+        overrides["sinks.annotate.path"] = str(args.annotate)
+    if args.evidence is not None:
+        overrides["sinks.evidence.dir"] = str(args.evidence)
+    if args.metrics_port is not None:
+        overrides["sinks.metrics.port"] = args.metrics_port
+    if args.model is not None:
+        overrides["engine.model"] = str(args.model)
+    if args.backend is not None:
+        overrides["engine.backend"] = args.backend
+    if args.no_console:
+        overrides["sinks.console"] = None
+    for text in args.set_values:
+        key, value = parse_set_option(text)
+        overrides[key] = value
+    return overrides
+
+
+def resolved_thresholds_note(cfg: Any) -> str:
+    """Comment lines saying which thresholds the smoother will use with the configured model (sidecar only)."""
+    from swapwatch.engine.metadata import read_metadata
+    from swapwatch.engine.onnx_runtime import default_model_path
+    from swapwatch.stream.temporal import thresholds_from_calibration
+
+    try:
+        path = cfg.engine.model or default_model_path()
+        meta = read_metadata(path, verify_hash=False)
+    except Exception as err:  # noqa: BLE001 - a bad model is reported when the monitor starts; here only a note
+        return f"# smoothing thresholds: cannot read the model's sidecar ({err})\n"
+    smoothing = cfg.smoothing.resolve(meta.score_calibration)
+    picked = thresholds_from_calibration(meta.score_calibration)
+    values = ", ".join(f"{k}={v:.4g}" for k, v in smoothing.thresholds().items())
+    return f"# smoothing thresholds with {Path(path).name}: {values}\n#   from: {picked.source}\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from swapwatch.errors import ConfigError
+    from swapwatch.stream.config import effective_config_yaml, load_monitor_config
+
+    cfg = load_monitor_config(args.config, cli_overrides(args))
+    if args.realtime is not None:
+        for source in cfg.sources:
+            source.realtime = args.realtime
+    if args.print_config:
+        sys.stdout.write(effective_config_yaml(cfg))
+        sys.stdout.write(resolved_thresholds_note(cfg))
+        return 0
+    if not cfg.sources:
+        raise ConfigError("no SOURCE given and the config lists no `sources`")
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(f"--duration: must be a positive number of seconds, got {args.duration}")
+
+    from swapwatch.stream.pipeline import run_monitor
+
+    report = run_monitor(cfg, duration_s=args.duration)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    latency = report.timings.get("latency_ms") or {}
+    print(f"swapwatch watch: stopped ({report.stopped_by}) after {report.wall_s:.1f} s"
+          + (f"; glass-to-score latency p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms" if latency else ""),
+          file=sys.stderr)
+    for name, s in report.streams.items():
+        top = "-" if s.max_score is None else f"{s.max_score:.3f}"
+        line = (f"  {name}: {s.source_state}, {s.frames} frames, {s.faces_scored} faces scored, {s.tracks} tracks, "
+                f"worst state {s.worst_state}, top score {top}")
+        if s.error:
+            line += f", error: {s.error}"
+        print(line, file=sys.stderr)
+    failed = report.failed
+    if failed and len(failed) == len(report.streams):
+        print(f"swapwatch watch: every source failed ({', '.join(failed)})", file=sys.stderr)
+        return 1
+    return 0
