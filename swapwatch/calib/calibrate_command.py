@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu: u8s8, fast on x86 ONNX Runtime (default); tensorrt: s8s8 zero-point 0")
     p.add_argument("--int8-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="activation range calibration (default minmax)")
+    p.add_argument("--int8-per-tensor", action="store_true",
+                   help="one weight scale per tensor instead of per output channel")
+    p.add_argument("--int8-float-stem", action="store_true",
+                   help="keep the first compute layer in float")
     p.add_argument("--score-method", choices=["platt", "isotonic"], default="platt",
                    help="raw score -> probability map (default platt)")
     p.add_argument("--target-fpr", type=float, action="append", metavar="FPR",
@@ -127,7 +131,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     if args.int8:
         from swapwatch.calib.int8 import Int8Config, calibrate_int8
 
-        cfg = Int8Config(target=args.int8_target, calibrate_method=args.int8_method)
+        cfg = Int8Config(target=args.int8_target, calibrate_method=args.int8_method,
+                         per_channel=not args.int8_per_tensor, exclude_stem=args.int8_float_stem)
         res = calibrate_int8(model, crops.crops, out_dir / f"{stem}.int8.onnx", cfg, str(args.data), counts)
         q_scores, reason = _try_score(res.path, batch)
         cmp = compare_variant("int8", res.path, batch, labels, fp32_scores, fp32_tp, q_scores, reason,

@@ -14,11 +14,20 @@ Settings (measured on the smoke models, ORT 1.31 CPU, 2 cores with AVX-512 VNNI;
 
 * Weights: signed INT8, symmetric, per output channel. Per-tensor weight scales lose the small
   channels of conv layers; per-channel costs nothing measurable here.
-* Activations, `target="cpu"` (default): unsigned INT8 with a symmetric range (zero point 128). ORT's x86
-  integer kernels are built around u8 x s8 products (VNNI `vpdpbusd`): the u8s8 ResNet-18 ran 3.7x
-  faster than FP32 at batch 8, the s8s8 one only 1.2x. The range is symmetric because ORT's fused
-  attention path (QLinearMatMul / QLinearSoftmax) with asymmetric u8 activations drifted by 0.31 on the
-  smoke ViT, although the same Q/DQ graph executed unfused drifted by 0.008.
+* Activations, `target="cpu"` (default): unsigned INT8. ORT's x86 integer kernels are built around
+  u8 x s8 products (VNNI `vpdpbusd`): the u8s8 ResNet-18 ran 3.7x faster than FP32 at batch 8, the
+  s8s8 one only 1.2x. Graphs with MatMul get a symmetric range (zero point 128): ORT's fused attention
+  path (QLinearMatMul / QLinearSoftmax) with asymmetric u8 activations drifted by 0.31 on the smoke
+  ViT, although the same Q/DQ graph executed unfused drifted by 0.008. Graphs without MatMul (CNNs)
+  get an asymmetric range (`activation_symmetric=None`) and their Relu nodes go to the quantizer
+  (`fuse_relu`), which removes them (a Relu output's range starts at 0, so the Q clips); ORT then
+  fuses the whole Conv chain into QLinearConv/QLinearAdd. With a symmetric range every Relu stayed
+  as DequantizeLinear -> Relu -> QuantizeLinear and Q/DQ took 62 % of the default model's time
+  (INT8 0.5x FP32). Relus read by float-kept nodes or by the output are not removed.
+* Cross-layer equalization (`equalize`, on): Conv -> [Relu] -> Conv pairs get their channel ranges
+  evened (float-exact). Folded BatchNorm left the default MobileNetV2-style model with stem channels
+  ranging 1e-5..0.02 that the next depthwise conv scales back by up to 1e6: one activation scale
+  per tensor rounds the small channels away.
 * Activations, `target="tensorrt"`: signed INT8, symmetric (zero point 0), the only form TensorRT's
   explicit quantization accepts. Runs on ORT CPU too, but slowly.
 * `reduce_range` stays off: it is a workaround for u8 saturation on CPUs *without* VNNI (7-bit weights
@@ -87,6 +96,18 @@ class Int8Config(StrictModel):
         True, description="Keep compute layers feeding Log/Reciprocal/Sqrt/Pow/Div-denominator in float."
     )
     exclude_nodes: list[str] = Field(default_factory=list, description="More node names to keep in float.")
+    equalize: bool = Field(
+        True, description="Cross-layer equalization of Conv -> [Relu] -> Conv pairs before calibration (float-exact; "
+        "MobileNet-style depthwise stacks lose whole channels to per-tensor activation scales without it)."
+    )
+    activation_symmetric: bool | None = Field(
+        None, description="Symmetric activation ranges. None: asymmetric for target=cpu when the graph has no "
+        "MatMul (lets ORT drop Relu and fuse QLinearConv chains), symmetric otherwise (attention, TensorRT)."
+    )
+    fuse_relu: bool = Field(
+        True, description="Give Relu nodes to the quantizer so that, with asymmetric activations, it removes them "
+        "(the quantized range clips at zero) and ORT fuses Conv chains without a DQ -> Q in between."
+    )
     batch_size: int = Field(8, ge=1, description="Crops per calibration batch.")
 
 
@@ -267,6 +288,75 @@ def restore_float_inputs(model: Any, names: set[str] | list[str]) -> int:
     return rewired
 
 
+def equalize_cross_layer(model: Any, iterations: int = 20) -> int:
+    """Cross-layer equalization (Nagel et al. 2019) in place: for each Conv A whose output feeds only a Conv
+    B, directly or through one Relu (positive-homogeneous), scale A's output channel c by 1/s_c and B's
+    matching input channel by s_c, with s_c = sqrt(r_A[c] / r_B[c]) (r: largest |weight| of the channel),
+    so that both weight ranges become sqrt(r_A r_B). The float function is unchanged (up to rounding).
+
+    Folded BatchNorm leaves MobileNet-style stacks with channels a thousand times smaller than their
+    neighbours that the next (depthwise) layer scales back up: one per-tensor activation scale then
+    rounds those channels away. Returns the number of pairs equalized.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+
+    def group(n: Any) -> int:
+        return next((a.i for a in n.attribute if a.name == "group"), 1)
+
+    def single_consumer(t: str) -> Any:
+        c = consumers.get(t, [])
+        return c[0] if len(c) == 1 and t not in graph_outputs else None
+
+    weights: dict[str, np.ndarray] = {}
+    pairs: list[tuple[Any, Any, bool]] = []
+    for a in g.node:
+        if a.op_type != "Conv" or len(a.input) < 2 or a.input[1] not in inits:
+            continue
+        nxt = single_consumer(a.output[0])
+        if nxt is not None and nxt.op_type == "Relu":
+            nxt = single_consumer(nxt.output[0])
+        if nxt is None or nxt.op_type != "Conv" or len(nxt.input) < 2 or nxt.input[1] not in inits:
+            continue
+        if nxt.input[0] not in (a.output[0], *(c.output[0] for c in consumers.get(a.output[0], []))):
+            continue  # a reads A's tensor only as its weight or bias: not a data edge
+        for name in (a.input[1], nxt.input[1], *(a.input[2:3] if len(a.input) > 2 and a.input[2] else [])):
+            if name not in weights:
+                if name not in inits:
+                    break
+                weights[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
+        else:
+            wa, wb = weights[a.input[1]], weights[nxt.input[1]]
+            c, gb = wa.shape[0], group(nxt)
+            if wa.ndim != 4 or wb.ndim != 4 or len(a.input) > 2 and a.input[2] and a.input[2] not in inits:
+                continue
+            depthwise = gb == c and wb.shape[0] == c and wb.shape[1] == 1
+            if (gb == 1 and wb.shape[1] == c) or depthwise:
+                pairs.append((a, nxt, depthwise))
+    if not pairs:
+        return 0
+    for _ in range(iterations):
+        for a, b, depthwise in pairs:
+            wa, wb = weights[a.input[1]], weights[b.input[1]]
+            ra = np.abs(wa).reshape(wa.shape[0], -1).max(1)
+            rb = np.abs(wb if depthwise else wb.transpose(1, 0, 2, 3)).reshape(wa.shape[0], -1).max(1)
+            s = np.where((ra > 0) & (rb > 0), np.sqrt(ra / np.maximum(rb, 1e-30)), 1.0)
+            weights[a.input[1]] = wa / s.reshape(-1, 1, 1, 1)
+            if len(a.input) > 2 and a.input[2]:
+                weights[a.input[2]] = weights[a.input[2]] / s
+            weights[b.input[1]] = wb * (s.reshape(-1, 1, 1, 1) if depthwise else s.reshape(1, -1, 1, 1))
+    for name, arr in weights.items():
+        inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+    return len(pairs)
+
+
 def _calibration_method(name: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
@@ -310,13 +400,35 @@ def quantize_onnx_int8(
             quant_pre_process(str(src), str(pre))
         except Exception as err:
             raise ModelFileError(src, f"quantization pre-processing failed: {str(err).strip()[:300]}") from err
-        kept = float_kept_nodes(
-            onnx.load(str(pre)), cfg.op_types, cfg.exclude_stem, cfg.exclude_head, cfg.exclude_sensitive
-        )
+        pre_model = onnx.load(str(pre))
+        equalized = equalize_cross_layer(pre_model) if cfg.equalize else 0
+        if equalized:
+            onnx.save(pre_model, str(pre))
+        kept = float_kept_nodes(pre_model, cfg.op_types, cfg.exclude_stem, cfg.exclude_head, cfg.exclude_sensitive)
         exclude = sorted({*kept["stem"], *kept["head"], *kept["sensitive"], *cfg.exclude_nodes})
         s8 = cfg.target == "tensorrt"
+        symmetric = cfg.activation_symmetric
+        if symmetric is None:
+            symmetric = s8 or any(n.op_type == "MatMul" for n in pre_model.graph.node)
+        op_types = list(cfg.op_types)
+        quant_exclude = list(exclude)
+        if cfg.fuse_relu and not symmetric and "Relu" not in op_types:
+            # The quantizer then removes each Relu, relying on the Q/DQ of its output to clip at 0. A Relu
+            # read by a float-kept node (rewired below to the unclipped float tensor) or by the graph
+            # output must stay.
+            op_types.append("Relu")
+            readers: dict[str, set[str]] = {}
+            for n in pre_model.graph.node:
+                for i in n.input:
+                    readers.setdefault(i, set()).add(n.name)
+            outputs = {o.name for o in pre_model.graph.output}
+            kept_set = set(exclude)
+            quant_exclude += [
+                n.name for n in pre_model.graph.node
+                if n.op_type == "Relu" and (n.output[0] in outputs or readers.get(n.output[0], set()) & kept_set)
+            ]
         extra = {
-            "ActivationSymmetric": True,
+            "ActivationSymmetric": symmetric,
             "WeightSymmetric": True,
             "QuantizeBias": False,
             "CalibPercentile": cfg.percentile,
@@ -329,12 +441,12 @@ def quantize_onnx_int8(
                 str(dst),
                 CropBatchReader(batch, input_name, cfg.batch_size),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(cfg.op_types),
+                op_types_to_quantize=op_types,
                 per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range,
                 activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
+                nodes_to_exclude=quant_exclude,
                 calibrate_method=_calibration_method(cfg.calibrate_method),
                 extra_options=extra,
             )
@@ -354,11 +466,13 @@ def quantize_onnx_int8(
     info: dict[str, Any] = {
         "target": cfg.target,
         "format": "QDQ",
-        "activations": "int8 symmetric (zero point 0)" if s8 else "uint8 symmetric (zero point 128)",
+        "activations": ("int8" if s8 else "uint8") + (" symmetric" if symmetric else " asymmetric")
+        + (" (zero point 0)" if s8 else " (zero point 128)" if symmetric else ""),
         "weights": "int8 symmetric " + ("per-channel" if cfg.per_channel else "per-tensor"),
         "reduce_range": cfg.reduce_range,
         "calibrate_method": cfg.calibrate_method,
-        "op_types": ",".join(cfg.op_types),
+        "op_types": ",".join(op_types),
+        "equalized_pairs": equalized,
         "calibration_crops": len(batch),
         "quantize_linear": ops.count("QuantizeLinear"),
         "dequantize_linear": ops.count("DequantizeLinear"),

@@ -9,7 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from swapwatch.calib.int8 import Int8Config, calibrate_int8, float_kept_nodes, quantize_onnx_int8
+from swapwatch.calib.int8 import (
+    Int8Config,
+    calibrate_int8,
+    equalize_cross_layer,
+    float_kept_nodes,
+    quantize_onnx_int8,
+)
 from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path, write_metadata
 from swapwatch.engine.onnx_runtime import OnnxEngine
@@ -55,7 +61,7 @@ def initializer(graph: onnx.GraphProto, name: str) -> np.ndarray:
     ("method", "target", "act_dtype", "act_zero_point"),
     [
         ("masm", "cpu", np.uint8, 128),
-        ("airl", "cpu", np.uint8, 128),
+        ("airl", "cpu", np.uint8, None),  # a CNN without MatMul: asymmetric u8 (Relu folded into the range)
         ("masm", "tensorrt", np.int8, 0),
         ("airl", "tensorrt", np.int8, 0),
     ],
@@ -72,10 +78,10 @@ def test_int8_qdq_graph_runs_and_stays_close_to_fp32(
     q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert q and dq and len(dq) >= len(q)
-    # activations: the target's type and symmetric zero point; weights: int8, zero point 0, per channel
+    # activations: the target's type and symmetric zero point (any for asymmetric); weights: int8, zp 0, per channel
     for n in q:
         zp = initializer(graph, n.input[2])
-        assert zp.dtype == act_dtype and np.all(zp == act_zero_point), n.name
+        assert zp.dtype == act_dtype and (act_zero_point is None or np.all(zp == act_zero_point)), n.name
     weight_dq = [n for n in dq if any(t.name == n.input[0] for t in graph.initializer)]
     assert weight_dq
     assert all(initializer(graph, n.input[0]).dtype == np.int8 for n in weight_dq)
@@ -175,3 +181,39 @@ def test_wrong_size_crops_name_the_model(smoke_onnx: dict[str, Path], tmp_path: 
     model = copy_model(smoke_onnx["masm"], tmp_path)
     with pytest.raises(ValueError, match=r"model\.onnx: expected crops of shape \(N, 64, 64, 3\)"):
         calibrate_int8(model, np.zeros((2, 112, 112, 3), np.uint8), tmp_path / "q.onnx")
+
+
+def test_cross_layer_equalization_keeps_the_float_function() -> None:
+    """Conv -> Relu -> depthwise Conv -> Relu -> 1x1 Conv with channel ranges 1000x apart: equalization
+    evens the ranges and leaves the output unchanged."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * np.logspace(-3, 0, 8, dtype=np.float32)[:, None, None, None]
+    w2 = rng.normal(size=(8, 1, 3, 3)).astype(np.float32) / np.logspace(-3, 0, 8, dtype=np.float32)[:, None, None, None]
+    w3 = rng.normal(size=(4, 8, 1, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(w1, "w1"), (rng.normal(size=8).astype(np.float32), "b1"), (w2, "w2"), (w3, "w3")]]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="c2", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="c3"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"x": x})[0]
+
+    before = run(model)
+    assert equalize_cross_layer(model) == 2
+    np.testing.assert_allclose(run(model), before, rtol=1e-4, atol=1e-5 * np.abs(before).max())
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    r1 = np.abs(w["w1"]).reshape(8, -1).max(1)
+    assert r1.max() / r1.min() < 10  # was ~1000
