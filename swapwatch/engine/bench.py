@@ -348,6 +348,10 @@ def plot_throughput(rows: Sequence[EngineRow], path: Path) -> Path:
     _batch_axis(ax, rows)
     ax.set_ylabel("faces / s")
     ax.set_title("throughput per batch size (star: batcher run at its mean batch)")
+    return _finish_plot(plt, fig, ax, rows, path)
+
+
+def _finish_plot(plt: Any, fig: Any, ax: Any, rows: Sequence[EngineRow], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     if rows:
         ax.legend(fontsize=8)
@@ -371,13 +375,7 @@ def plot_latency(rows: Sequence[EngineRow], path: Path) -> Path:
     ax.set_yscale("log")  # engines differ by orders of magnitude; a log axis keeps them all readable
     ax.set_ylabel("batch latency, ms (median, bar to p95)")
     ax.set_title("engine latency per batch size")
-    ax.grid(alpha=0.3, which="both")
-    if rows:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish_plot(plt, fig, ax, rows, path)
 
 
 def print_report(report: BenchReport, console: Any | None = None) -> None:

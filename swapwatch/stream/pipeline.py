@@ -514,31 +514,6 @@ class _StreamWorker:
 # --- the monitor ------------------------------------------------------------------------------------------
 
 
-class _KeepOpenUntilClose:
-    """Wraps the annotated-video sink so a stream's `ended` event does not close its file early.
-
-    The SinkSet delivers events and frames from separate queues, so a stream's `ended` event can overtake
-    that stream's last queued frames; AnnotatedVideoSink closes the file on that event, and the frames
-    after it would start a new file at the same path (keeping only the last few frames). Files are
-    closed at shutdown instead.
-    """
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.name = getattr(sink, "name", type(sink).__name__)
-
-    async def publish(self, event: Event) -> None:
-        if event.type == "stream" and event.source_state in ("ended", "failed"):
-            return
-        await self.sink.publish(event)
-
-    async def on_frame(self, stream: str, frame_bgr: np.ndarray, pts: float | None, tracks: Sequence[FrameTrack]) -> None:
-        await self.sink.on_frame(stream, frame_bgr, pts, tracks)
-
-    async def aclose(self) -> None:
-        await self.sink.aclose()
-
-
 def warm_up(engine: Engine, detector: FaceDetector) -> None:
     """One detection and one inference before the sources open.
 
@@ -555,36 +530,27 @@ def warm_up(engine: Engine, detector: FaceDetector) -> None:
     engine.infer(engine.preprocess(np.zeros((1, size, size, 3), np.uint8)))
 
 
-def profile_on_sample_faces(engine: Engine, detector: FaceDetector, size: int, margin: float) -> Any:
-    """The engine's batch-size profile measured on the package's real sample faces (~1-2 s).
-
-    Done here rather than left to MicroBatcher.start(), whose default crops come from
-    swapwatch.engine.export, a module that imports torch: the monitor's plain install has none. Aligned
-    with the monitor's own detector and geometry, so the profile sees the crops the monitor will send.
-    """
+def profile_on_sample_faces(engine: Engine, size: int, margin: float) -> Any:
+    """The engine's batch-size profile measured on the package's real sample faces (~1-2 s), aligned
+    with the monitor's own geometry so the profile sees the crops the monitor will send."""
     from swapwatch.engine.profile import profile_engine
-    from swapwatch.samples import sample_face_images
-    from swapwatch.stream.faces.pipeline import FacePipeline, read_image
+    from swapwatch.errors import NoFaceError
+    from swapwatch.samples import sample_crops
 
-    pipeline = FacePipeline(detector, size=size, margin=margin)
-    crops = [a.crop for p in sample_face_images().values() for a in pipeline.process(read_image(p))]
-    if not crops:
+    try:
+        crops = sample_crops(size, margin)
+    except NoFaceError:
         raise SwapwatchError("no face found in the package sample images to profile the engine with; "
-                             "set batcher.max_batch and batcher.max_wait_ms")
-    return profile_engine(engine, engine.preprocess(np.stack(crops[:16])), seconds=0.15)
+                             "set batcher.max_batch and batcher.max_wait_ms") from None
+    return profile_engine(engine, engine.preprocess(crops), seconds=0.15)
 
 
 def build_sink_set(config: MonitorConfig, smoothing: SmoothingConfig, extra: Sequence[Sink] = ()) -> SinkSet:
     """The configured sinks plus `extra` ones (e.g. the demo's recorder) in one SinkSet."""
     from swapwatch.stream.sinks import build_sinks
 
-    base = build_sinks(config.sinks.model_copy(update={"annotate": None}), smoothing=smoothing)
-    sinks: list[Sink] = list(base.sinks)
-    if config.sinks.annotate is not None:
-        from swapwatch.stream.sinks.annotate import AnnotatedVideoSink
-
-        sinks.append(_KeepOpenUntilClose(AnnotatedVideoSink(config.sinks.annotate)))
-    sinks.extend(extra)
+    base = build_sinks(config.sinks, smoothing=smoothing)
+    sinks: list[Sink] = [*base.sinks, *extra]
     c = config.sinks
     return SinkSet(sinks, event_queue=c.event_queue, frame_queue=c.frame_queue, drain_timeout_s=c.drain_timeout_s,
                    close_timeout_s=c.close_timeout_s, on_drop=base.on_drop)
@@ -696,7 +662,7 @@ class Monitor:
             await asyncio.to_thread(warm_up, engine, detector)
             profile = None
             if cfg.batcher.max_batch is None or cfg.batcher.max_wait_ms is None:
-                profile = await asyncio.to_thread(profile_on_sample_faces, engine, detector, size, margin)
+                profile = await asyncio.to_thread(profile_on_sample_faces, engine, size, margin)
             batcher = MicroBatcher(engine, cfg.batcher, profile=profile)
             await batcher.start()
             log.info("monitor: %s on %s, batcher max_batch=%s max_wait=%.2f ms, thresholds %s", engine.path.name,

@@ -38,6 +38,11 @@ def split_by_video(records: Sequence[CropRecord], val_fraction: float, seed: int
     return train, val
 
 
+def fixed_pseudo_fake(generator: PseudoFakeGenerator, crop: np.ndarray, rec: CropRecord, seed: int, index: int) -> np.ndarray:
+    """The pseudo-fake of sample `index` used for validation and evaluation: the same on every run."""
+    return generator(crop, np.asarray(rec.landmarks, np.float32), np.random.default_rng([seed, 7919, index])).image
+
+
 def to_tensor(img_bgr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     rgb = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
@@ -140,7 +145,6 @@ class ValFaces(Dataset):
         rec, faked = self.samples[index]
         img = read_crop(rec)
         if faked:
-            rng = np.random.default_rng([self.seed, 7919, index])
-            img = self.generator(img, np.asarray(rec.landmarks, np.float32), rng).image  # type: ignore[misc]
+            img = fixed_pseudo_fake(self.generator, img, rec, self.seed, index)  # type: ignore[arg-type]
         img = jitter_resize(img, self.size, None, 0.0, False)
         return to_tensor(img, self.mean, self.std), self.label_of(index), int(faked)

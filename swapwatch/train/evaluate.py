@@ -103,6 +103,7 @@ def build_samples(records: Sequence[CropRecord], pseudo_fakes: bool) -> list[Eva
 def load_images(
     samples: Sequence[EvalSample], seed: int, pseudo_cfg: Any = None
 ) -> list[np.ndarray]:
+    from swapwatch.train.dataset import fixed_pseudo_fake
     from swapwatch.train.pseudofakes.generator import PseudoFakeConfig, PseudoFakeGenerator
 
     gen = PseudoFakeGenerator(pseudo_cfg or PseudoFakeConfig())
@@ -110,7 +111,7 @@ def load_images(
     for i, s in enumerate(track(samples, description="loading crops", transient=True)):
         img = read_crop(s.record)
         if s.pseudo:
-            img = gen(img, np.asarray(s.record.landmarks, np.float32), np.random.default_rng([seed, 7919, i])).image
+            img = fixed_pseudo_fake(gen, img, s.record, seed, i)
         images.append(img)
     return images
 
