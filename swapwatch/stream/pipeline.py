@@ -560,7 +560,9 @@ class Monitor:
     """Runs the pipeline for a `MonitorConfig` until the sources end, `duration_s` passes or `stop()`.
 
     `engine` / `detector` may be given (tests, the demo, a server that keeps them warm); otherwise they
-    are opened from the config and closed at the end. `extra_sinks` join the configured ones;
+    are opened from the config and closed at the end. `sources` (already built, not yet started, e.g.
+    a wrapper that reads a timestamp the sender drew into each frame) run after the configured ones;
+    `extra_sinks` join the configured ones;
     `observers` are called synchronously with every processed frame's `FrameReport` (keep them cheap).
     """
 
@@ -570,10 +572,12 @@ class Monitor:
         *,
         engine: Engine | None = None,
         detector: FaceDetector | None = None,
+        sources: Sequence[Any] = (),
         extra_sinks: Sequence[Sink] = (),
         observers: Sequence[FrameObserver] = (),
     ) -> None:
         self.config = config
+        self.extra_sources = list(sources)
         self._engine = engine
         self._detector = detector
         self.extra_sinks = list(extra_sinks)
@@ -625,7 +629,7 @@ class Monitor:
         from swapwatch.stream.sources import open_source
 
         cfg = self.config
-        if not cfg.sources:
+        if not cfg.sources and not self.extra_sources:
             raise ConfigError("sources: no video source given (pass SOURCE arguments or list them under sources:)")
         if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
             raise ConfigError(f"duration: must be a positive number of seconds, got {duration_s}")
@@ -670,7 +674,8 @@ class Monitor:
                      {k: round(v, 4) for k, v in self.smoothing.thresholds().items()})
             shared = _Shared(cfg, engine, batcher, detector, self.smoothing, sinks, model_info, self.observers,
                              metrics, size, margin)
-            self.workers = [_StreamWorker(shared, open_source(s)) for s in cfg.sources]
+            sources = [open_source(s) for s in cfg.sources] + self.extra_sources
+            self.workers = [_StreamWorker(shared, source) for source in sources]
             stopped_by = await self._supervise(duration_s)
         finally:
             if batcher is not None:
