@@ -77,32 +77,59 @@ def iter_batches(batch: np.ndarray | PreprocessedCrops, size: int) -> Any:
         yield np.ascontiguousarray(batch[start : start + size], dtype=np.float32)
 
 
+def _tiled(batch: np.ndarray | PreprocessedCrops, batch_size: int) -> np.ndarray:
+    head = np.asarray(batch[:batch_size], np.float32)
+    reps = -(-batch_size // len(head))
+    return np.ascontiguousarray(np.concatenate([head] * reps)[:batch_size])
+
+
 def measure_throughput(
     model_path: Path, batch: np.ndarray | PreprocessedCrops, batch_size: int, threads: int = 2, seconds: float = 3.0
 ) -> float:
     """Crops per second of `model_path` on ONNX Runtime CPU at `batch_size`, `threads` intra-op threads.
 
     `batch` is preprocessed NCHW float32 (or PreprocessedCrops); its first crops are tiled or cut to
-    `batch_size`. One warm-up run, then
-    sequential runs for about `seconds` (at least 3 runs). A plain loop on a shared machine: compare
-    numbers taken in the same call, not across machines or runs.
+    `batch_size`. One warm-up run, then sequential runs for about `seconds` (at least 3 runs).
+    """
+    return measure_interleaved({"model": model_path}, batch, batch_size, threads, seconds, rounds=1)["model"]
+
+
+def measure_interleaved(
+    models: dict[str, Path],
+    batch: np.ndarray | PreprocessedCrops,
+    batch_size: int,
+    threads: int = 2,
+    seconds: float = 3.0,
+    rounds: int = 6,
+) -> dict[str, float]:
+    """Crops per second of each model, measured in alternating bursts: the median over `rounds` rounds.
+
+    On a shared machine the load drifts over seconds; timing FP32 for 3 s and then INT8 for 3 s puts
+    that drift straight into the speed-up (we saw +-0.05 between runs). Alternating short bursts of
+    each model, all sessions open at once, exposes them to the same load, and the median over rounds
+    drops the bursts a neighbour's spike landed on. `seconds` is the total time per model.
     """
     from swapwatch.engine.onnx_runtime import OnnxEngine
 
-    engine = OnnxEngine(model_path, threads=threads)
+    x = _tiled(batch, batch_size)
+    engines = {name: OnnxEngine(path, threads=threads) for name, path in models.items()}
     try:
-        head = np.asarray(batch[:batch_size], np.float32)
-        reps = -(-batch_size // len(head))
-        x = np.ascontiguousarray(np.concatenate([head] * reps)[:batch_size])
-        engine.infer(x)
-        runs = 0
-        start = time.perf_counter()
-        while runs < 3 or time.perf_counter() - start < seconds:
+        for engine in engines.values():
             engine.infer(x)
-            runs += 1
-        return runs * batch_size / (time.perf_counter() - start)
+        per_round: dict[str, list[float]] = {name: [] for name in engines}
+        burst = seconds / max(1, rounds)
+        for _ in range(max(1, rounds)):
+            for name, engine in engines.items():
+                runs = 0
+                start = time.perf_counter()
+                while runs < 3 or time.perf_counter() - start < burst:
+                    engine.infer(x)
+                    runs += 1
+                per_round[name].append(runs * batch_size / (time.perf_counter() - start))
+        return {name: float(np.median(v)) for name, v in per_round.items()}
     finally:
-        engine.close()
+        for engine in engines.values():
+            engine.close()
 
 
 @dataclass
@@ -141,27 +168,30 @@ def compare_variant(
     batch: np.ndarray | PreprocessedCrops,
     labels: np.ndarray,
     fp32_scores: np.ndarray,
-    fp32_throughput: dict[str, float],
+    fp32_path: Path | None,
     variant_scores: np.ndarray | None,
     reason: str | None = None,
     batch_sizes: tuple[int, ...] = (8, 1),
     threads: int = 2,
     seconds: float = 3.0,
 ) -> VariantComparison:
-    """AUC, score drift and throughput of a variant; `variant_scores` None means ORT cannot run it."""
+    """AUC, score drift and throughput of a variant; `variant_scores` None means ORT cannot run it.
+
+    Throughput is measured against `fp32_path` in alternating bursts (`measure_interleaved`); None or
+    `seconds` 0 skips it.
+    """
     cmp = VariantComparison(precision=precision, path=str(path), runnable=variant_scores is not None, reason=reason)
     cmp.auc_fp32 = auc_or_none(labels, fp32_scores)
-    cmp.throughput_fp32 = dict(fp32_throughput)
     if variant_scores is None:
         return cmp
     drift = np.abs(np.asarray(variant_scores, np.float64) - np.asarray(fp32_scores, np.float64))
     cmp.auc = auc_or_none(labels, variant_scores)
     cmp.max_abs_drift = float(drift.max()) if drift.size else 0.0
     cmp.mean_abs_drift = float(drift.mean()) if drift.size else 0.0
-    if seconds > 0:
+    if seconds > 0 and fp32_path is not None:
         for bs in batch_sizes:
             key = f"batch_{bs}"
-            cmp.throughput[key] = measure_throughput(path, batch, bs, threads=threads, seconds=seconds)
-            if fp32_throughput.get(key):
-                cmp.speedup[key] = cmp.throughput[key] / fp32_throughput[key]
+            tp = measure_interleaved({"fp32": fp32_path, precision: path}, batch, bs, threads=threads, seconds=seconds)
+            cmp.throughput[key], cmp.throughput_fp32[key] = tp[precision], tp["fp32"]
+            cmp.speedup[key] = tp[precision] / tp["fp32"]
     return cmp

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="FP32 .onnx written by swapwatch export (with its .onnx.json sidecar)")
     p.add_argument("--data", type=Path, required=True, help="folder with real/ and/or fake/ (images, videos or crops)")
+    p.add_argument("--eval-data", type=Path, default=None,
+                   help="separate folder (same layout and flags) to measure the variants' AUC and drift on, so "
+                   "they are not judged on the crops they were calibrated on (default: --data)")
     p.add_argument("--crops", action="store_true", help="the images are aligned face crops at the model's input size")
     p.add_argument("--pseudo-fakes", action="store_true", help="also make a deterministic pseudo-fake of each real crop")
     p.add_argument("--int8", action="store_true", help="write <stem>.int8.onnx (Q/DQ, calibrated on the crops)")
@@ -80,7 +83,7 @@ def _try_score(path: Path, batch: Any) -> tuple[np.ndarray | None, str | None]:
 
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Do what the arguments ask and return the report (also written to <stem>.calibration.json)."""
-    from swapwatch.calib import PreprocessedCrops, auc_or_none, compare_variant, measure_throughput
+    from swapwatch.calib import PreprocessedCrops, auc_or_none, compare_variant
     from swapwatch.calib.crops import load_crops
     from swapwatch.calib.score import DEFAULT_TARGET_FPRS, fit_calibration, write_score_calibration
     from swapwatch.engine.onnx_runtime import OnnxEngine
@@ -119,12 +122,20 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--scores needs real crops: {args.data} has no real/ faces")
     batch = PreprocessedCrops(crops.crops, engine.preprocess)
     report: dict[str, Any] = {"model": str(model), "data": crops.summary(), "out_dir": str(out_dir)}
+    # Variants are compared on --eval-data when given: crops the INT8 ranges never saw.
+    eval_labels, eval_batch = labels, batch
+    if args.eval_data is not None and (args.int8 or args.fp16):
+        held = load_crops(
+            args.eval_data, meta.input_size, meta.alignment.margin, aligned=args.crops, max_crops=args.max_crops,
+            pseudo_fakes=args.pseudo_fakes, seed=args.seed + 1, frames_per_video=args.frames,
+        )
+        eval_labels, eval_batch = held.labels, PreprocessedCrops(held.crops, engine.preprocess)
+        report["eval_data"] = held.summary()
 
     fp32_scores = _score(model, batch)
-    bench = args.bench_seconds > 0 and (args.int8 or args.fp16)
-    fp32_tp = {f"batch_{bs}": measure_throughput(model, batch, bs, args.threads, args.bench_seconds)
-               for bs in (8, 1)} if bench else {}
-    report["fp32"] = {"path": str(model), "auc": auc_or_none(labels, fp32_scores), "throughput": fp32_tp}
+    fp32_eval = fp32_scores if eval_batch is batch else _score(model, eval_batch)
+    evaluated: dict[str, np.ndarray] = {"fp32": fp32_eval}
+    report["fp32"] = {"path": str(model), "auc": auc_or_none(eval_labels, fp32_eval), "throughput": {}}
     scored: dict[str, tuple[Path, np.ndarray]] = {"fp32": (model, fp32_scores)}
     counts = {"n_real": crops.n_real, "n_fake": crops.n_fake, "n_pseudo_fake": crops.n_pseudo_fake}
 
@@ -135,21 +146,27 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                          per_channel=not args.int8_per_tensor, exclude_stem=args.int8_float_stem)
         res = calibrate_int8(model, crops.crops, out_dir / f"{stem}.int8.onnx", cfg, str(args.data), counts)
         q_scores, reason = _try_score(res.path, batch)
-        cmp = compare_variant("int8", res.path, batch, labels, fp32_scores, fp32_tp, q_scores, reason,
+        q_eval = q_scores if q_scores is None or eval_batch is batch else _score(res.path, eval_batch)
+        cmp = compare_variant("int8", res.path, eval_batch, eval_labels, fp32_eval, model, q_eval, reason,
                               threads=args.threads, seconds=args.bench_seconds)
+        report["fp32"]["throughput"] = report["fp32"]["throughput"] or dict(cmp.throughput_fp32)
         report["int8"] = {**cmp.as_dict(), "settings": {k: v for k, v in res.info.items() if k != "float_nodes"}}
-        if q_scores is not None:
+        if q_scores is not None and q_eval is not None:
             scored["int8"] = (res.path, q_scores)
+            evaluated["int8"] = q_eval
     if args.fp16:
         from swapwatch.calib.fp16 import calibrate_fp16
 
         res16 = calibrate_fp16(model, crops.crops, out_dir / f"{stem}.fp16.onnx", source=str(args.data))
         h_scores, reason = _try_score(res16.path, batch)
-        cmp = compare_variant("fp16", res16.path, batch, labels, fp32_scores, fp32_tp, h_scores, reason,
+        h_eval = h_scores if h_scores is None or eval_batch is batch else _score(res16.path, eval_batch)
+        cmp = compare_variant("fp16", res16.path, eval_batch, eval_labels, fp32_eval, model, h_eval, reason,
                               threads=args.threads, seconds=args.bench_seconds)
+        report["fp32"]["throughput"] = report["fp32"]["throughput"] or dict(cmp.throughput_fp32)
         report["fp16"] = {**cmp.as_dict(), "settings": res16.info}
-        if h_scores is not None:
+        if h_scores is not None and h_eval is not None:
             scored["fp16"] = (res16.path, h_scores)
+            evaluated["fp16"] = h_eval
 
     fp32_calibrated = None
     if args.scores:
@@ -164,7 +181,9 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                 fp32_calibrated = apply_calibration(scores, fit.calibration)
 
     report["report"] = str(out_dir / f"{stem}.calibration.json")
-    report["plot"] = str(_plot(report, labels, scored, fp32_calibrated, out_dir / f"{stem}.calibration.png"))
+    roc_on = "the evaluation crops" if "eval_data" in report else "the calibration crops"
+    report["plot"] = str(_plot(report, labels, scored, fp32_calibrated, out_dir / f"{stem}.calibration.png",
+                               (eval_labels, evaluated, roc_on)))
     (out_dir / f"{stem}.calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -175,9 +194,10 @@ def _plot(
     scored: dict[str, tuple[Path, np.ndarray]],
     calibrated: np.ndarray | None,
     path: Path,
+    evaluation: tuple[np.ndarray, dict[str, np.ndarray], str],
 ) -> Path:
-    """Left: ROC of each precision on the crops. Right: reliability of the FP32 scores before/after
-    calibration (with --scores), else FP32 vs variant scores (the drift)."""
+    """Left: ROC of each precision on the evaluation crops. Right: reliability of the FP32 scores
+    before/after calibration (with --scores, on the calibration crops), else FP32 vs variant scores (the drift)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,15 +206,16 @@ def _plot(
 
     from swapwatch.calib.score import reliability_bins
 
+    eval_labels, evaluated, roc_on = evaluation
     fig, (roc_ax, right) = plt.subplots(1, 2, figsize=(10, 4.6))
-    two_classes = labels.size > 0 and labels.min() != labels.max()
-    for name, (_, scores) in scored.items():
+    two_classes = eval_labels.size > 0 and eval_labels.min() != eval_labels.max()
+    for name, scores in evaluated.items():
         if two_classes:
-            fpr, tpr, _ = roc_curve(labels, scores)
+            fpr, tpr, _ = roc_curve(eval_labels, scores)
             auc = report.get(name, {}).get("auc")
             roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
     roc_ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the calibration crops")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC on {roc_on}")
     roc_ax.grid(alpha=0.3)
     if two_classes:
         roc_ax.legend(loc="lower right", fontsize=8)
@@ -206,13 +227,13 @@ def _plot(
         right.set(xlabel="mean predicted P(fake)", ylabel="fraction fake", title="reliability (FP32, in-sample)")
         right.legend(loc="upper left", fontsize=8)
     else:
-        base = scored["fp32"][1]
-        for name, (_, scores) in scored.items():
+        base = evaluated["fp32"]
+        for name, scores in evaluated.items():
             if name != "fp32":
                 right.scatter(base, scores, s=6, alpha=0.6, label=name)
         right.plot([0, 1], [0, 1], "k--", lw=0.8)
         right.set(xlabel="FP32 score", ylabel="variant score", title="score drift")
-        if len(scored) > 1:
+        if len(evaluated) > 1:
             right.legend(loc="upper left", fontsize=8)
     right.grid(alpha=0.3)
     fig.tight_layout()
@@ -240,7 +261,8 @@ def print_report(report: dict[str, Any]) -> None:
     )
     variants = [k for k in ("int8", "fp16") if k in report]
     if variants:
-        t = Table(title="precision vs FP32 on the same crops (ONNX Runtime CPU)")
+        on = report["eval_data"]["source"] if "eval_data" in report else "the calibration crops"
+        t = Table(title=f"precision vs FP32 on {on} (ONNX Runtime CPU; speed in alternating bursts)")
         for col in ("model", "AUC", "AUC fp32", "max drift", "mean drift", "b8 /s", "b1 /s", "x b8", "x b1"):
             t.add_column(col)
         fp = report["fp32"]

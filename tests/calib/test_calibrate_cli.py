@@ -116,6 +116,42 @@ def test_calibrate_end_to_end_with_pseudo_fakes_int8_and_scores(
     OnnxEngine(out / "model.int8.onnx")  # loads, hash verified
 
 
+def test_eval_data_judges_the_variant_on_crops_it_was_not_calibrated_on(
+    smoke_onnx: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = copy_model(smoke_onnx["masm"], tmp_path / "model")
+    meta = read_metadata(model)
+    faces = sample_crops(meta.input_size, meta.alignment.margin)
+    halves = {"calib": faces[::2], "held": faces[1::2]}
+    for name, crops in halves.items():
+        (tmp_path / name / "real").mkdir(parents=True)
+        for i, crop in enumerate(crops):
+            cv2.imwrite(str(tmp_path / name / "real" / f"{name}{i}.png"), crop)
+    out = tmp_path / "out"
+    code, stdout, err = cli(
+        [str(model), "--data", str(tmp_path / "calib"), "--eval-data", str(tmp_path / "held"), "--crops",
+         "--pseudo-fakes", "--int8", "--out-dir", str(out), "--bench-seconds", "0.2"],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads((out / "model.calibration.json").read_text())
+    assert report["data"]["n_real"] == len(halves["calib"]) and report["eval_data"]["n_real"] == len(halves["held"])
+    assert "held" in report["eval_data"]["source"] and "held" in stdout
+
+    # the reported AUCs are those of the held-out half, scored by both models here
+    from swapwatch.calib import auc_or_none
+    from swapwatch.calib.crops import load_crops
+
+    held = load_crops(tmp_path / "held", meta.input_size, meta.alignment.margin, aligned=True,
+                      max_crops=512, pseudo_fakes=True, seed=1, frames_per_video=8)
+    fp32 = OnnxEngine(model).score_crops(held.crops)
+    int8 = OnnxEngine(out / "model.int8.onnx").score_crops(held.crops)
+    assert report["fp32"]["auc"] == pytest.approx(auc_or_none(held.labels, fp32), abs=1e-6)
+    assert report["int8"]["auc"] == pytest.approx(auc_or_none(held.labels, int8), abs=1e-6)
+    assert report["int8"]["max_abs_drift"] == pytest.approx(float(np.abs(int8 - fp32).max()), abs=1e-5)
+    assert report["fp32"]["throughput"].keys() == report["int8"]["throughput"].keys() == {"batch_8", "batch_1"}
+
+
 def test_calibrate_fp16_and_isotonic_on_real_and_fake_folders(
     smoke_onnx: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
