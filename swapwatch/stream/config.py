@@ -1,4 +1,5 @@
-"""The monitor's config (`swapwatch watch --config monitor.yaml`): sources, faces, engine, batcher, smoothing, sinks.
+"""The monitor's config (`swapwatch watch --config monitor.yaml`): sources, faces, engine, batcher, smoothing, sinks,
+and the `server` section that `swapwatch serve` reads.
 
 One YAML file, validated strictly (`StrictModel`: an unknown or misspelt key is an error naming it), in
 the sections of the path of one frame (DESIGN.md). Every section has working defaults, so an empty file
@@ -40,6 +41,7 @@ from swapwatch.engine.batcher import BatcherConfig
 from swapwatch.engine.select import EngineConfig
 from swapwatch.errors import ConfigError
 from swapwatch.stream.faces.config import DetectorConfig
+from swapwatch.stream.server.config import ServerConfig
 from swapwatch.stream.sinks import SinksConfig
 from swapwatch.stream.sinks.console import ConsoleConfig
 from swapwatch.stream.sources.config import SourceConfig, mask_url
@@ -157,6 +159,10 @@ class MonitorConfig(StrictModel):
         gt=0.0,
         description="At shutdown, seconds the stream tasks get to finish their current frame before they are "
         "cancelled (the sinks then get their own drain/close timeouts).",
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig,
+        description="`swapwatch serve` only: listen address, API token and limits, live feed, dashboard.",
     )
 
     @model_validator(mode="after")

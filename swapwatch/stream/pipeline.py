@@ -51,19 +51,39 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from swapwatch.calib.score import apply_calibration
 from swapwatch.engine.base import Engine
-from swapwatch.engine.batcher import BatcherClosed, BatchResult, EngineBatchError, MicroBatcher
+from swapwatch.engine.batcher import (
+    BatcherClosed,
+    BatchResult,
+    EngineBatchError,
+    MicroBatcher,
+)
 from swapwatch.errors import ConfigError, SwapwatchError
 from swapwatch.stream.config import MonitorConfig
-from swapwatch.stream.events import Event, FrameTrack, ModelInfo, state_event, stream_event, summary_event
+from swapwatch.stream.events import (
+    Event,
+    FrameTrack,
+    ModelInfo,
+    state_event,
+    stream_event,
+    summary_event,
+)
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.sinks import Sink, SinkSet
-from swapwatch.stream.temporal import LEVEL, SmoothingConfig, State, StreamVerdict, TrackSmoother, TrackState
+from swapwatch.stream.temporal import (
+    LEVEL,
+    SmoothingConfig,
+    State,
+    StreamVerdict,
+    TrackSmoother,
+    TrackState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +284,7 @@ class _StreamWorker:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"swapwatch-faces-{self.name}")
         self.smoothers: dict[int, TrackSmoother] = {}
         self.latest: dict[int, TrackState] = {}
+        self.boxes: dict[int, tuple[float, ...]] = {}
         self.clock = StreamClock()
         self.report = StreamReport(self.name, source.url)
         self.timings = _Timings()
@@ -274,6 +295,8 @@ class _StreamWorker:
         self._last_pts: float | None = None
         self._last_latency: float | None = None
         self._failed_batches = 0
+        self.started_wall = time.time()
+        self._processed: deque[float] = deque(maxlen=512)
 
     # -- events ----------------------------------------------------------------------------------------
     def verdict(self, t: float) -> StreamVerdict:
@@ -315,6 +338,7 @@ class _StreamWorker:
     def _end_track(self, track: int, t: float, reason: str) -> None:
         smoother = self.smoothers.pop(track, None)
         self.latest.pop(track, None)
+        self.boxes.pop(track, None)
         if smoother is None or smoother.last_t is None:
             return
         self._state_event(smoother.end(t, reason), None, self._last_pts, None)
@@ -335,6 +359,63 @@ class _StreamWorker:
         if self.shared.metrics is not None and fps is not None:
             self.shared.metrics.set_fps(self.name, fps)
         self._last_summary, self._summary_frames = now, 0
+
+    # -- status ------------------------------------------------------------------------------------------
+    def fps(self, window_s: float = 2.0) -> float:
+        """Frames processed per second over the last `window_s` seconds (0.0 when idle)."""
+        now = time.monotonic()
+        recent = [t for t in list(self._processed) if t >= now - window_s]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
+    def status(self, running: bool) -> dict[str, Any]:
+        """A JSON-ready snapshot: source state and counters, processing fps, live tracks, latency percentiles."""
+        r = self.report
+        verdict = self.verdict(self._last_t)
+        tracks = [
+            {
+                "track": int(ts.track),
+                "state": ts.state,
+                "score": None if ts.score is None else round(float(ts.score), 4),
+                "raw_score": None if ts.raw_score is None else round(float(ts.raw_score), 4),
+                "since_pts": round(float(ts.since), 3),
+                "box": list(self.boxes[track]) if track in self.boxes else None,
+            }
+            for track, ts in sorted(self.latest.items())
+            if not ts.ended
+        ]
+        stats = getattr(self.source, "stats", None)  # wrappers (e.g. a benchmark's) may have none
+        try:
+            source = stats().to_dict() if callable(stats) else None
+        except Exception:  # noqa: BLE001 - a status snapshot must never fail because of one source
+            source = None
+        return {
+            "name": self.name,
+            "url": self.source.url,
+            "kind": getattr(self.source, "kind", None),
+            "live": self.live,
+            "running": running,
+            "source_state": r.source_state,
+            "state": verdict.state,
+            "max_score": None if verdict.max_score is None else round(float(verdict.max_score), 4),
+            "started": datetime.fromtimestamp(self.started_wall, tz=UTC).isoformat(timespec="milliseconds"),
+            "fps": round(self.fps(), 2),
+            "frames": r.frames,
+            "frames_with_faces": r.frames_with_faces,
+            "faces_scored": r.faces_scored,
+            "crops_dropped": r.crops_dropped,
+            "crops_failed": r.crops_failed,
+            "tracks_total": r.tracks,
+            "state_events": r.state_events,
+            "worst_state": r.worst_state,
+            "top_score": None if r.max_score is None else round(float(r.max_score), 4),
+            "error": r.error,
+            "last_pts": self._last_pts,
+            "tracks": tracks,
+            "source": source,
+            **self.timings.as_dict(),
+        }
 
     # -- the loop ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -456,6 +537,7 @@ class _StreamWorker:
                 if ts.score is not None:
                     self.report.max_score = max(self.report.max_score or 0.0, ts.score)
             prev = self.latest.get(face.track_id)
+            self.boxes[int(face.track_id)] = tuple(round(float(v), 1) for v in face.box)
             scored_faces.append(
                 ScoredFace(
                     track=int(face.track_id),
@@ -481,6 +563,7 @@ class _StreamWorker:
                 pass
         self.report.frames += 1
         self.report.frames_with_faces += bool(faces)
+        self._processed.append(time.monotonic())
         self._summary_frames += 1
         self._last_latency = round(latency_ms, 3)
         self._maybe_summary(t)
@@ -556,6 +639,23 @@ def build_sink_set(config: MonitorConfig, smoothing: SmoothingConfig, extra: Seq
                    close_timeout_s=c.close_timeout_s, on_drop=base.on_drop)
 
 
+class StreamNotFoundError(SwapwatchError, LookupError):
+    """No stream of that name is running or listed (API: 404)."""
+
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(f"stream {name!r}: no such stream (streams: {listed})")
+
+
+class MonitorStoppedError(SwapwatchError):
+    """The monitor is stopping or has stopped: no stream can be added any more (API: 503)."""
+
+
+MAX_FINISHED = 64
+"""Ended/failed streams kept listed (with their final counters) until removed or replaced by a new one."""
+
+
 class Monitor:
     """Runs the pipeline for a `MonitorConfig` until the sources end, `duration_s` passes or `stop()`.
 
@@ -564,6 +664,13 @@ class Monitor:
     a wrapper that reads a timestamp the sender drew into each frame) run after the configured ones;
     `extra_sinks` join the configured ones;
     `observers` are called synchronously with every processed frame's `FrameReport` (keep them cheap).
+
+    Streams can come and go while it runs: `await add_source(...)` starts one (a `Source`, a
+    `SourceConfig` or a URL), `await remove_stream(name)` closes one and waits for its last scores,
+    track ends and `stream ended` event. `run(serve=True)` keeps the monitor up with zero or more
+    streams until `stop()` (or `duration_s`) instead of ending when the last source ends, which is what
+    `swapwatch serve` does. Streams that ended or failed stay listed in `status()` with their final
+    counters until removed or replaced by a new stream of the same name (the last MAX_FINISHED).
     """
 
     def __init__(
@@ -584,10 +691,20 @@ class Monitor:
         self.observers = list(observers)
         self.smoothing: SmoothingConfig | None = None
         self.workers: list[_StreamWorker] = []
+        self.model_info: ModelInfo | None = None
+        self.engine: Engine | None = None
+        self.started_wall: float | None = None
         self._stop: asyncio.Event | None = None
         self._stop_reason: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shared: _Shared | None = None
+        self._running: dict[str, tuple[_StreamWorker, asyncio.Task[None]]] = {}
+        self._listed: dict[str, _StreamWorker] = {}
+        self._idle = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._closing = False
 
+    # -- control ---------------------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
         """Ask the monitor to stop (idempotent). Safe from a signal handler or from another thread."""
         if self._stop_reason is None:
@@ -603,6 +720,156 @@ class Monitor:
             stop.set()
         else:
             loop.call_soon_threadsafe(stop.set)
+
+    @property
+    def ready(self) -> bool:
+        """True while the shared parts are up and streams can be added (after start-up, before stopping)."""
+        return self._shared is not None and not self._closing
+
+    @property
+    def stopping(self) -> bool:
+        """True once the monitor has begun to stop (or has stopped)."""
+        return self._closing or self._stop_reason is not None
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until `run()` has the engine, detector, batcher and sinks up (TimeoutError after `timeout`)."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def metrics(self) -> Any:
+        """The Prometheus `Metrics` of the running monitor (None when the metrics sink is off or not started)."""
+        return self._shared.metrics if self._shared is not None else None
+
+    @property
+    def sinks(self) -> SinkSet | None:
+        """The running SinkSet (None before start and after stop)."""
+        return self._shared.sinks if self._shared is not None else None
+
+    def stream_names(self) -> list[str]:
+        """Streams listed now: running, then waiting to start, then ended/failed ones kept for status."""
+        names = list(self._running)
+        names += [s.name for s in self.extra_sources if s.name not in names]
+        names += [n for n in self._listed if n not in names]
+        return names
+
+    def _taken(self) -> set[str]:
+        """Names a new stream may not use: running ones and ones queued to start."""
+        taken = set(self._running) | {s.name for s in self.extra_sources}
+        if self._shared is None:  # not started yet: the configured sources will start too
+            taken |= {s.resolved_name for s in self.config.sources}
+        return taken
+
+    async def add_source(self, source: Any) -> str:
+        """Start monitoring `source` (a Source not yet started, a SourceConfig or a URL); returns its name.
+
+        Before `run()` starts it is queued and starts with the configured sources. ConfigError when the
+        name is already in use by a running stream (give the source another `name`) or the config is
+        invalid (naming the field); MonitorStoppedError once the monitor is stopping.
+        """
+        from swapwatch.stream.sources import SourceConfig, open_source
+
+        if self.stopping:
+            raise MonitorStoppedError("the monitor is stopping; no stream can be added")
+        if isinstance(source, (str, SourceConfig)):
+            source = open_source(source)
+        name = str(source.name)
+        if name in self._taken():
+            raise ConfigError(
+                f"name: a stream named {name!r} is already running; remove it first or give the new source "
+                "another `name`"
+            )
+        if self._shared is None:
+            self.extra_sources.append(source)
+        else:
+            self._start_worker(source)
+        return name
+
+    async def remove_stream(self, name: str) -> StreamReport:
+        """Stop stream `name` and wait for its end (last scores, track ends, `stream ended`); returns its report.
+
+        A stream that already ended or failed is just taken off the list. StreamNotFoundError for an
+        unknown name.
+        """
+        if name in self._running:
+            worker, task = self._running[name]
+            try:
+                await worker.source.aclose()
+            except Exception:
+                log.exception("%s: closing the source failed", name)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.stop_timeout_s)
+            except TimeoutError:
+                log.warning("%s: did not finish within %.1f s of its source closing; cancelling it", name,
+                            self.config.stop_timeout_s)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            except BatcherClosed:
+                pass  # the whole monitor is shutting down at the same time
+            if self._listed.get(name) is worker:
+                del self._listed[name]
+            return worker.report
+        for source in self.extra_sources:
+            if source.name == name:
+                self.extra_sources.remove(source)
+                await source.aclose()
+                return StreamReport(name, source.url, source_state="ended")
+        worker = self._listed.pop(name, None)
+        if worker is None:
+            raise StreamNotFoundError(name, self.stream_names())
+        return worker.report
+
+    def stream_status(self, name: str) -> dict[str, Any]:
+        """One stream's status snapshot (see `_StreamWorker.status`); StreamNotFoundError if unknown."""
+        worker = self._listed.get(name)
+        if worker is not None:
+            return worker.status(running=name in self._running and self._running[name][0] is worker)
+        for source in self.extra_sources:
+            if source.name == name:
+                return {"name": name, "url": source.url, "running": False, "source_state": "connecting",
+                        "state": "clear", "tracks": [], "frames": 0}
+        raise StreamNotFoundError(name, self.stream_names())
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of the whole monitor: per-stream status, batcher, model, thresholds."""
+        shared = self._shared
+        return {
+            "ready": self.ready,
+            "stopping": self.stopping,
+            "started": None if self.started_wall is None
+            else datetime.fromtimestamp(self.started_wall, tz=UTC).isoformat(timespec="milliseconds"),
+            "streams": {name: self.stream_status(name) for name in self.stream_names()},
+            "batcher": shared.batcher.stats().to_dict() if shared is not None else None,
+            "model": self.model_info.model_dump() if self.model_info is not None else None,
+            "engine": self.engine.name if self.engine is not None else None,
+            **(shared.timings.as_dict() if shared is not None else {}),
+        }
+
+    # -- internals: one task per stream ------------------------------------------------------------------
+    def _start_worker(self, source: Any) -> _StreamWorker:
+        assert self._shared is not None
+        worker = _StreamWorker(self._shared, source)
+        self.workers.append(worker)
+        self._listed.pop(worker.name, None)  # an ended stream of the same name is replaced by the new one
+        self._listed[worker.name] = worker
+        finished = [n for n in self._listed if n not in self._running and n != worker.name]
+        for old in finished[: max(0, len(finished) - MAX_FINISHED)]:
+            del self._listed[old]
+        task = asyncio.create_task(worker.run(), name=f"swapwatch-stream-{worker.name}")
+        self._running[worker.name] = (worker, task)
+        self._idle.clear()
+        task.add_done_callback(lambda t, w=worker: self._on_done(w, t))
+        return worker
+
+    def _on_done(self, worker: _StreamWorker, task: asyncio.Task[None]) -> None:
+        entry = self._running.get(worker.name)
+        if entry is not None and entry[0] is worker:
+            del self._running[worker.name]
+        if not task.cancelled():
+            err = task.exception()
+            if err is not None and not isinstance(err, BatcherClosed):
+                worker.report.error = worker.report.error or f"{type(err).__name__}: {err}"
+        if not self._running:
+            self._idle.set()
 
     async def _open(self) -> tuple[Engine, FaceDetector, bool]:
         owns = self._engine is None
@@ -623,22 +890,32 @@ class Monitor:
                 raise
         return engine, detector, owns
 
-    async def run(self, duration_s: float | None = None) -> MonitorReport:
-        """Run to the end; returns the report. ConfigError for a config that cannot run (no sources,
-        crop size mismatch); SwapwatchError when the engine, detector or a sink cannot start."""
+    async def run(self, duration_s: float | None = None, *, serve: bool = False) -> MonitorReport:
+        """Run to the end; returns the report. ConfigError for a config that cannot run (no sources
+        without `serve`, crop size mismatch); SwapwatchError when the engine, detector or a sink cannot start.
+
+        `serve=True`: run with zero or more streams until `stop()` or `duration_s`, even when every
+        stream has ended (streams come and go through `add_source` / `remove_stream`).
+        """
         from swapwatch.stream.sources import open_source
 
         cfg = self.config
-        if not cfg.sources and not self.extra_sources:
+        if not serve and not cfg.sources and not self.extra_sources:
             raise ConfigError("sources: no video source given (pass SOURCE arguments or list them under sources:)")
         if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
             raise ConfigError(f"duration: must be a positive number of seconds, got {duration_s}")
+        names = [s.resolved_name for s in cfg.sources] + [s.name for s in self.extra_sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"sources: stream name(s) {', '.join(map(repr, dupes))} used twice; give them distinct names")
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self._stop_reason is not None:
             self._stop.set()
         started = time.monotonic()
+        self.started_wall = time.time()
         engine, detector, owns_engine = await self._open()
+        self.engine = engine
         sinks: SinkSet | None = None
         batcher: MicroBatcher | None = None
         try:
@@ -655,6 +932,7 @@ class Monitor:
                 name=engine.path.name, method=meta.method, sha256=meta.model_sha256[:12], precision=meta.precision,
                 thresholds=self.smoothing.thresholds(),
             )
+            self.model_info = model_info
             sinks = build_sink_set(cfg, self.smoothing, self.extra_sinks)
             sinks.start()
             metrics = None
@@ -675,9 +953,17 @@ class Monitor:
             shared = _Shared(cfg, engine, batcher, detector, self.smoothing, sinks, model_info, self.observers,
                              metrics, size, margin)
             sources = [open_source(s) for s in cfg.sources] + self.extra_sources
-            self.workers = [_StreamWorker(shared, source) for source in sources]
-            stopped_by = await self._supervise(duration_s)
+            self.extra_sources = []
+            # From here on add_source starts streams directly (no await between these lines and the starts).
+            self._shared = shared
+            for source in sources:
+                self._start_worker(source)
+            if not self._running:
+                self._idle.set()
+            self._ready.set()
+            stopped_by = await self._supervise(duration_s, serve)
         finally:
+            self._closing = True
             if batcher is not None:
                 await batcher.aclose()
             if sinks is not None:
@@ -695,23 +981,28 @@ class Monitor:
             model=model_info.model_dump(),
         )
 
-    async def _supervise(self, duration_s: float | None) -> str:
+    async def _supervise(self, duration_s: float | None, serve: bool) -> str:
         assert self._stop is not None
-        tasks = [asyncio.create_task(w.run(), name=f"swapwatch-stream-{w.name}") for w in self.workers]
         stop_wait = asyncio.create_task(self._stop.wait())
-        all_done = asyncio.gather(*tasks, return_exceptions=True)
+        waits: set[asyncio.Task[Any]] = {stop_wait}
+        idle_wait = None if serve else asyncio.create_task(self._idle.wait())
+        if idle_wait is not None:
+            waits.add(idle_wait)
         try:
-            done, _ = await asyncio.wait({stop_wait, all_done}, timeout=duration_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if all_done in done:
+            done, _ = await asyncio.wait(waits, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+            if idle_wait is not None and idle_wait in done and not self._running:
                 stopped_by = "sources ended"
             elif stop_wait in done:
                 stopped_by = self._stop_reason or "stopped"
             else:
                 stopped_by = f"duration {duration_s:g} s"
-            if all_done not in done:
+            self._closing = True  # no stream may start from here on
+            running = list(self._running.values())
+            if running:
                 log.info("monitor: stopping (%s)", stopped_by)
-                await asyncio.gather(*(w.source.aclose() for w in self.workers), return_exceptions=True)
+                await asyncio.gather(*(w.source.aclose() for w, _ in running), return_exceptions=True)
+                tasks = [t for _, t in running]
+                all_done = asyncio.gather(*tasks, return_exceptions=True)
                 try:
                     await asyncio.wait_for(asyncio.shield(all_done), self.config.stop_timeout_s)
                 except TimeoutError:
@@ -720,16 +1011,11 @@ class Monitor:
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
-            for w, task in zip(self.workers, tasks, strict=True):
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    err = task.exception()
-                    if isinstance(err, BatcherClosed):
-                        continue
-                    w.report.error = w.report.error or f"{type(err).__name__}: {err}"
             return stopped_by
         finally:
-            stop_wait.cancel()
-            await asyncio.gather(stop_wait, return_exceptions=True)
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
 
 def install_signal_handlers(monitor: Monitor, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
