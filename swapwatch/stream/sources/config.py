@@ -22,8 +22,9 @@ from pydantic import AliasChoices, Field, model_validator
 from swapwatch.config import StrictModel
 from swapwatch.stream.sources.frames import FramePolicy
 
-SourceKind = Literal["file", "rtsp", "http", "webcam"]
-"""How a source is read: a local file, RTSP/RTSPS, HTTP(S) (progressive files, HLS, MJPEG), a V4L2 device."""
+SourceKind = Literal["file", "rtsp", "http", "webcam", "webrtc"]
+"""How a source is read: a local file, RTSP/RTSPS, HTTP(S) (progressive files, HLS, MJPEG), a V4L2 device, or
+a WebRTC track a peer published to the server (`webrtc`: created by the WHIP endpoint, never from a config)."""
 
 SCHEME_KINDS: dict[str, SourceKind] = {
     "rtsp": "rtsp",
@@ -292,6 +293,8 @@ class SourceConfig(StrictModel):
                 raise ValueError(f"url: {err}") from None
             detected = self.kind
         kind = self.kind or detected
+        if kind == "webrtc":
+            raise ValueError("kind: webrtc streams are published to the server (POST /whip), not opened from a URL")
         webcam_only = [f for f in ("video_size", "framerate", "input_format") if getattr(self, f) is not None]
         if webcam_only and kind != "webcam":
             raise ValueError(f"{', '.join(webcam_only)}: only for webcam sources (this one is {kind})")
