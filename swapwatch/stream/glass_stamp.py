@@ -28,6 +28,7 @@ Trade-offs:
 from __future__ import annotations
 
 import binascii
+import functools
 import time
 from dataclasses import dataclass
 
@@ -169,12 +170,33 @@ def read_stamp(image: np.ndarray) -> Stamp | None:
     layout = StampLayout.for_size(w, h)
     if layout is None:
         return None
-    region = image[: layout.height + 1, : layout.width + 1]
-    bits = np.empty(BITS, np.uint8)
-    for i in range(BITS):
-        y0, y1, x0, x1 = layout.inner(*divmod(i, COLS))
-        value = float(region[y0:y1, x0:x1].mean())
-        if abs(value - 128.0) < CONTRAST:
-            return None
-        bits[i] = value > 128.0
-    return decode_bits(bits)
+    y0, y1, x0, x1 = _inner_boxes(w, h)
+    region = image[: int(y1.max()), : int(x1.max())]
+    if region.ndim == 3:
+        region = region[..., 1]  # cells are grey: one channel (green, the one luma weighs most) is enough
+    # Summed-area table: every cell's inner mean in one vectorised lookup (~0.05 ms at 720p with OpenCV).
+    sat = _integral(np.ascontiguousarray(region, np.uint8))
+    sums = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    values = sums / ((y1 - y0) * (x1 - x0))
+    if bool((np.abs(values - 128.0) < CONTRAST).any()):
+        return None
+    return decode_bits((values > 128.0).astype(np.uint8))
+
+
+def _integral(gray: np.ndarray) -> np.ndarray:
+    """(H+1, W+1) summed-area table; OpenCV's when importable (the venv), numpy's otherwise (the sender)."""
+    try:
+        import cv2
+    except ImportError:
+        sat = np.zeros((gray.shape[0] + 1, gray.shape[1] + 1), np.int64)
+        sat[1:, 1:] = gray.cumsum(0, dtype=np.int64).cumsum(1)
+        return sat
+    return cv2.integral(gray)
+
+
+@functools.lru_cache(maxsize=16)
+def _inner_boxes(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    layout = StampLayout.for_size(width, height)
+    assert layout is not None
+    boxes = np.array([layout.inner(*divmod(i, COLS)) for i in range(BITS)], np.int64)
+    return boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
