@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="activation range calibration (default minmax)")
     p.add_argument("--int8-per-tensor", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
-    p.add_argument("--int8-float-stem", action="store_true",
-                   help="keep the first compute layer in float")
+    p.add_argument("--int8-float-stem", type=int, nargs="?", const=1, default=0, metavar="N",
+                   help="keep the first N compute layers in float (N=1 without a value; default 0)")
     p.add_argument("--score-method", choices=["platt", "isotonic"], default="platt",
                    help="raw score -> probability map (default platt)")
     p.add_argument("--target-fpr", type=float, action="append", metavar="FPR",
@@ -143,7 +143,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         from swapwatch.calib.int8 import Int8Config, calibrate_int8
 
         cfg = Int8Config(target=args.int8_target, calibrate_method=args.int8_method,
-                         per_channel=not args.int8_per_tensor, exclude_stem=args.int8_float_stem)
+                         per_channel=not args.int8_per_tensor, float_stem_layers=args.int8_float_stem)
         res = calibrate_int8(model, crops.crops, out_dir / f"{stem}.int8.onnx", cfg, str(args.data), counts)
         q_scores, reason = _try_score(res.path, batch)
         q_eval = q_scores if q_scores is None or eval_batch is batch else _score(res.path, eval_batch)

@@ -42,8 +42,13 @@ Settings (measured on the smoke models, ORT 1.31 CPU, 2 cores with AVX-512 VNNI;
   denominator before the next compute layer, plus the layers that feed only those
   (`exclude_sensitive`: these ops amplify an absolute quantization error near zero; AIRL's grey
   conversion and DCT feed a log compression that is meant to see sub-grey-level detail). The
-  first layer (`exclude_stem`) is quantized by default: keeping ResNet-18's 7x7 stem in float
-  cut the INT8 speed-up on ORT CPU from x3.6 to x2.5 at batch 8 for 0.001 less drift.
+  first layers are quantized by default (`float_stem_layers=0`): keeping ResNet-18's 7x7 stem in
+  float cut the INT8 speed-up on ORT CPU from x3.6 to x2.5 at batch 8 for 0.001 less drift. A
+  MobileNet stem is the other way round: its 3-channel 3x3 conv is 2.6x slower in INT8 than in
+  float (im2col with K=27 feeds the integer GEMM badly), and the float -> u8 NHWC hand-over costs
+  in proportion to the tensor it happens on. The default model keeps its first three layers float
+  (stem, depthwise, 16-channel projection: `float_stem_layers=3`), so the hand-over falls on the
+  narrowest early tensor: x1.55 instead of x1.41 at batch 8.
 * Calibration: MinMax by default: with a few hundred crops it is stable and never clips the rare
   large activations a face with strong edges produces. Percentile (99.999) clips outliers and suits
   big calibration sets; Entropy (KL) is slower and needs many crops for a stable histogram.
@@ -88,8 +93,10 @@ class Int8Config(StrictModel):
     per_channel: bool = Field(True, description="One weight scale per output channel (else one per tensor).")
     reduce_range: bool = Field(False, description="7-bit weights: only for x86 CPUs without VNNI (u8 saturation).")
     op_types: list[str] = Field(list(COMPUTE_OPS), min_length=1, description="ONNX op types that get Q/DQ inputs.")
-    exclude_stem: bool = Field(
-        False, description="Keep the first compute layer on each path from the input in float (costs speed on ORT CPU)."
+    float_stem_layers: int = Field(
+        0, ge=0, le=16,
+        description="Keep the first N compute layers on each path from the input in float. 0 quantizes the stem; "
+        "on few-channel images a float stem up to the first narrow tensor can be faster (see docs/calibration.md).",
     )
     exclude_head: bool = Field(True, description="Keep the compute layers that produce the output in float.")
     exclude_sensitive: bool = Field(
@@ -175,13 +182,13 @@ def _tensor_types(model: Any) -> dict[str, int]:
 def float_kept_nodes(
     model: Any,
     op_types: list[str] | tuple[str, ...] = COMPUTE_OPS,
-    stem: bool = True,
+    stem: int = 1,
     head: bool = True,
     sensitive: bool = True,
 ) -> dict[str, list[str]]:
     """Names of the compute nodes to leave in float, by reason: {"stem": [...], "head": [...], "sensitive": [...]}.
 
-    stem: the first compute node on each float path from a graph input; head: compute nodes that reach
+    stem: the first `stem` compute nodes on each float path from a graph input (0: none); head: compute nodes that reach
     a graph output through non-compute ops only; sensitive: compute nodes whose output reaches a
     SENSITIVE_OPS op (or the denominator of a Div) before the next compute node, and, transitively,
     compute nodes whose output feeds only such nodes.
@@ -226,9 +233,17 @@ def float_kept_nodes(
         return found, hit
 
     out: dict[str, list[str]] = {"stem": [], "head": [], "sensitive": []}
-    if stem:
-        found, _ = forward_compute([i.name for i in g.input])
-        out["stem"] = sorted(found)
+    stem_nodes: set[str] = set()
+    frontier = [i.name for i in g.input]
+    by_name = {n.name: n for n in g.node}
+    for _ in range(int(stem)):
+        found, _ = forward_compute(frontier)
+        found -= stem_nodes
+        if not found:
+            break
+        stem_nodes |= found
+        frontier = [o for name in found for o in by_name[name].output]
+    out["stem"] = sorted(stem_nodes)
     if head:
         found_head: set[str] = set()
         seen: set[str] = set()
@@ -404,7 +419,7 @@ def quantize_onnx_int8(
         equalized = equalize_cross_layer(pre_model) if cfg.equalize else 0
         if equalized:
             onnx.save(pre_model, str(pre))
-        kept = float_kept_nodes(pre_model, cfg.op_types, cfg.exclude_stem, cfg.exclude_head, cfg.exclude_sensitive)
+        kept = float_kept_nodes(pre_model, cfg.op_types, cfg.float_stem_layers, cfg.exclude_head, cfg.exclude_sensitive)
         exclude = sorted({*kept["stem"], *kept["head"], *kept["sensitive"], *cfg.exclude_nodes})
         s8 = cfg.target == "tensorrt"
         symmetric = cfg.activation_symmetric

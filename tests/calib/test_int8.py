@@ -127,6 +127,26 @@ def test_float_kept_nodes_of_the_smoke_graphs(
     assert len(kept["stem"]) == (1 if method == "masm" else 2)  # patch embedding; RGB conv1 + grey conv
 
 
+@pytest.mark.parametrize(("layers", "grows"), [(0, False), (1, True), (2, True), (3, True)])
+def test_float_stem_layers_walk_deeper_one_compute_layer_at_a_time(
+    smoke_onnx: dict[str, Path], tmp_path: Path, layers: int, grows: bool
+) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(smoke_onnx["airl"]), str(pre))
+    model = onnx.load(str(pre))
+    by_depth = [set(float_kept_nodes(model, stem=d)["stem"]) for d in range(layers + 1)]
+    assert by_depth[0] == set()
+    if layers:
+        shallower, deeper = by_depth[layers - 1], by_depth[layers]
+        assert shallower < deeper if grows else shallower == deeper  # each step adds the next layer(s)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        for name in deeper - shallower:  # ... that read (through non-compute ops) a float-kept layer or the input
+            node = next(n for n in model.graph.node if n.name == name)
+            assert any(i in producers or i == model.graph.input[0].name for i in node.input)
+
+
 def test_kept_nodes_really_stay_float(smoke_onnx: dict[str, Path], crops_by_size, tmp_path: Path) -> None:
     engine = OnnxEngine(smoke_onnx["airl"])
     x = engine.preprocess(real_and_pseudo_crops(crops_by_size, engine.input_size, engine.meta.alignment.margin))
