@@ -1,14 +1,29 @@
 """`swapwatch scan PATH... --out results.jsonl`: offline scoring of images, videos and folders.
 
-One JSON object per media file: path, score (P(file contains a fake face)), faces, and per-face /
-per-frame detail. Image score = the highest face score; video score = the mean over scored frames of
-each frame's highest face score (the video-level rule the evaluation uses). No face -> score null + reason.
+One JSON object per media file, in input order, written as soon as the file is done: path, score
+(P(file contains a fake face)), faces, and per-face / per-frame detail. Image score = the highest face
+score; video score = the mean over frames with a face of each frame's highest face score (the
+video-level rule the evaluation uses). No face -> score null + reason; an unreadable file -> its
+`error`, and the scan goes on. Decoding, detection and inference run as a pipeline
+(swapwatch/stream/scanner.py); a progress bar goes to stderr when it is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+def _batch(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,38 +34,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", type=int, default=1, help="score every Nth video frame (default 1: every frame)")
     p.add_argument("--max-frames", type=int, help="stop after this many scored frames per video")
     p.add_argument("--crops", action="store_true", help="treat images as already aligned face crops")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session (default 1)")
+    p.add_argument(
+        "--detect-every", type=int, default=1, metavar="N",
+        help="run the face detector on every Nth scored frame and track faces in between; faster, with scores "
+        "that move a little (docs/scan.md); default 1: detect on every frame",
+    )
+    p.add_argument(
+        "--batch", type=_batch, default=None, metavar="N|auto",
+        help="crops per inference call, across frames and files (default 8; 'auto' measures the engine first)",
+    )
+    p.add_argument("--workers", type=int, help="face-stage threads (default: 2 when detecting every frame, 1 when tracking)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session (default 1)")
+    p.add_argument("--stats", type=Path, help="write the run's counters (frames, faces, batches, peak queue sizes) as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from rich.progress import track
-
+    from swapwatch.stream.scan.progress import ScanProgress
     from swapwatch.stream.scanner import Scanner, expand_paths
 
     paths = list(args.paths)
     if args.samples:
         from swapwatch.samples import sample_face_images
 
-        paths.extend(sample_face_images().values())
+        paths.extend(Path(p) for p in sample_face_images().values())
     files = expand_paths(paths)
     if not files:
         print("swapwatch scan: no images or videos found in the given paths", file=sys.stderr)
         return 2
-    scanner = Scanner(model=args.model, threads=args.threads, every=args.every, max_frames=args.max_frames)
-    out = open(args.out, "w") if args.out else sys.stdout
+    options = {"every": args.every, "max_frames": args.max_frames, "crops": args.crops,
+               "detect_every": args.detect_every, "workers": args.workers, "threads": args.threads}
+    if args.batch is not None:
+        options["batch"] = args.batch
+    scanner = Scanner(model=args.model, **options)
+    out = open(args.out, "w") if args.out else None
     failures = 0
     try:
-        for path in track(files, description="scanning", disable=args.out is None or len(files) < 2):
-            result = scanner.scan(path, crops=args.crops)
-            failures += result.get("error") is not None
-            out.write(json.dumps(result) + "\n")
-            out.flush()
+        with ScanProgress(len(files)) as progress:
+            for result in scanner.scan_paths(files, progress):
+                failures += result.get("error") is not None
+                # sys.stdout looked up each time: while the bar shows, rich swaps it for a proxy that
+                # prints above the bar
+                target = out if out is not None else sys.stdout
+                target.write(json.dumps(result) + "\n")
+                target.flush()
     finally:
-        if args.out:
+        if out is not None:
             out.close()
+    if args.stats:
+        args.stats.write_text(json.dumps(scanner.stats.to_dict(), indent=2) + "\n")
     if args.out:
         print(f"scanned {len(files)} file(s) -> {args.out}" + (f" ({failures} unreadable)" if failures else ""))
     return 0
