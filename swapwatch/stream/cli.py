@@ -19,6 +19,11 @@ from swapwatch.errors import ConfigError, SwapwatchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("swapwatch.stream.demo_command", "build a clip with a face swap in it and watch it with the monitor, offline"),
     "watch": ("swapwatch.stream.watch_command", "monitor streams and files for deepfaked faces; events to JSONL/webhooks"),
+    "serve": (
+        "swapwatch.stream.serve_command",
+        "run the monitor as a server: REST API, live dashboard, WebRTC/WHIP ingest, /metrics",
+    ),
+    "publish": ("swapwatch.stream.publish_command", "publish a video file to a WHIP endpoint (WebRTC), like a camera in a call"),
     "scan": ("swapwatch.stream.scan_command", "score the faces in images, videos and folders"),
     "train": ("swapwatch.train.train_command", "train a MASM or AIRL detector from a YAML recipe"),
     "eval": ("swapwatch.train.eval_command", "evaluate a checkpoint or ONNX model: AUC, EER, AP, robustness"),

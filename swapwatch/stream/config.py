@@ -320,10 +320,16 @@ def _mask_strings(data: Any, key: str = "") -> Any:
     return data
 
 
+def effective_config_dict(cfg: MonitorConfig) -> dict[str, Any]:
+    """The config as JSON-ready data (`GET /api/config`): URL credentials masked, the server token shown
+    as `**********`, secrets that come from the environment only as variable names."""
+    data: dict[str, Any] = _mask_strings(cfg.model_dump(mode="json", by_alias=False))
+    return data
+
+
 def effective_config_yaml(cfg: MonitorConfig) -> str:
     """The config as YAML for `--print-config`: every field with its value, URL credentials masked.
 
     Paths print as strings; secrets that come from the environment appear only as variable names.
     """
-    data = _mask_strings(cfg.model_dump(mode="json", by_alias=False))
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+    return yaml.safe_dump(effective_config_dict(cfg), sort_keys=False, default_flow_style=False, width=120)

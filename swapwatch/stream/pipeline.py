@@ -414,8 +414,16 @@ class _StreamWorker:
             "last_pts": self._last_pts,
             "tracks": tracks,
             "source": source,
+            "latency_recent_ms": self._recent_latency(),
             **self.timings.as_dict(),
         }
+
+    def _recent_latency(self, window_s: float = 2.0) -> dict[str, float] | None:
+        """Glass-to-score percentiles over the frames of the last `window_s` seconds (for live charts)."""
+        now = time.monotonic()
+        n = sum(1 for t in list(self._processed) if t >= now - window_s)
+        values = list(self.timings.latency)[-n:] if n else []
+        return _Timings.summary(deque(values)) if values else None
 
     # -- the loop ----------------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -121,6 +121,11 @@ class ServerConfig(StrictModel):
     access_log: bool = Field(
         True, description="Log one line per request (method, path with secret query values masked, status, time)."
     )
+    whip: dict[str, Any] = Field(
+        default_factory=dict,
+        description="WebRTC/WHIP ingest settings (max_sessions, ice_servers, bitrate hints, timeouts: see "
+        "docs/webrtc.md); checked when `serve` starts, so the WebRTC stack loads only for the server.",
+    )
 
     @field_validator("cors_origins")
     @classmethod
@@ -134,6 +139,13 @@ class ServerConfig(StrictModel):
                                  "https://desk.example.com (no '*', path or credentials)")
             out.append(f"{parts.scheme}://{parts.netloc.lower()}")
         return out
+
+    def whip_config(self) -> Any:
+        """The `whip` section as a validated WhipConfig (imports the WebRTC stack); ConfigError names the field."""
+        from swapwatch.config import parse_config
+        from swapwatch.stream.server.whip import WhipConfig
+
+        return parse_config(WhipConfig, dict(self.whip), source="server.whip")
 
     def resolved_token(self, cli_token: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
         """The token in force: --token, else SWAPWATCH_TOKEN, else the config's; None when none is set."""
