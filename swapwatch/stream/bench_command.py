@@ -1,4 +1,6 @@
-"""`swapwatch bench [--engine MODEL ...] [--backend B ...]`: engine throughput, latency and batching.
+"""`swapwatch bench`: the engine benchmark, or with SOURCEs the live stream latency benchmark.
+
+Engine benchmark (no SOURCE):
 
     swapwatch bench                                     # the embedded default model, best backend here
     swapwatch bench --engine fp32.onnx --engine int8.onnx --batches 1 8 32 --seconds 3
@@ -10,9 +12,18 @@ concurrent submitters. Writes bench.json, throughput.png and latency.png into --
 A backend that cannot run here (no GPU, package missing) is reported as skipped; the command fails
 (exit 1) only when nothing could be measured.
 
-The command takes no positional arguments today: a stream benchmark (`swapwatch bench SOURCE...
---streams N`, frames in to scores out) will add them, with --engine naming the model it runs; without
-SOURCEs the command stays this engine benchmark, so today's command lines keep working.
+Stream benchmark (SOURCE files given):
+
+    swapwatch bench call.mp4 --via rtsp --size 1280x720 --duration 30
+    swapwatch bench call.mp4 --via webrtc --streams 1 2 3 4 --p95-ms 250
+    swapwatch bench call.mp4 --via file --engine int8.onnx
+
+Replays each file as a live stream (RTSP server on loopback, a WebRTC/WHIP sender, or the monitor's
+paced file source), `--streams N...` simultaneous copies each, runs the real monitor on them and
+measures glass-to-score latency per frame from send-time stamps drawn into the pictures, fps, dropped
+frames, a per-stage breakdown and the decode-only ceiling. Writes bench.json ("mode": "stream"),
+frames.jsonl, latency.png, timeline.png, stages.png and sweep.png. See docs/bench.md.
+Unreadable SOURCE or bad options: exit 2; a transport that cannot run here (GStreamer missing): exit 1.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ _DEFAULT_BATCHES = [1, 2, 4, 8, 16, 32]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    # Always with a value: a bare `--engine` would swallow the SOURCE that a stream benchmark will take.
+    p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                   help="recorded video files to replay as live streams (stream benchmark); none: engine benchmark")
+    # Always with a value: a bare `--engine` would swallow a SOURCE.
     p.add_argument(
         "--engine", action="append", type=Path, metavar="MODEL", dest="engines",
         help="engine file (.onnx with its sidecar, .plan, .ep, .pt); repeat to compare files, e.g. fp32 and "
@@ -48,9 +61,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch latency budget the batcher config is chosen under (default 50)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder for bench.json and the plots (default runs/bench/<timestamp>/)")
+    stream = p.add_argument_group("stream benchmark (with SOURCE)")
+    stream.add_argument("--via", choices=("rtsp", "webrtc", "file"), default="rtsp",
+                        help="how the files reach the monitor: rtsp (a GStreamer RTSP server on loopback), webrtc "
+                        "(an aiortc WHIP sender), file (the monitor's paced file source); default rtsp")
+    stream.add_argument("--streams", nargs="+", type=int, default=[1], metavar="N",
+                        help="simultaneous copies of each SOURCE; several values sweep, e.g. 1 2 3 4 (default 1)")
+    stream.add_argument("--duration", type=float, default=20.0, metavar="S",
+                        help="measured seconds per stream count, after the warm-up (default 20)")
+    stream.add_argument("--warmup", type=float, default=3.0, metavar="S",
+                        help="seconds left out at the start of each run (default 3)")
+    stream.add_argument("--size", metavar="WxH", help="replay size, e.g. 1280x720 (default: each file's own size)")
+    stream.add_argument("--p95-ms", type=float, default=250.0,
+                        help="a stream count holds in real time when its p95 glass-to-score is at most this (default 250)")
+    stream.add_argument("--max-drop", type=float, default=0.01,
+                        help="... and it dropped at most this fraction of the sender's frames (default 0.01)")
+    stream.add_argument("--clip-seconds", type=float, default=10.0, metavar="S",
+                        help="replay at most this much of each file, looped (default 10)")
+    stream.add_argument("--ceiling-seconds", type=float, default=2.0, metavar="S",
+                        help="seconds the decode-only ceiling is measured for, per stream count (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sources:
+        return run_stream(args)
     import sys
     import time
 
@@ -77,4 +111,39 @@ def run(args: argparse.Namespace) -> int:
         print("swapwatch bench: no engine could be measured on the requested backends (see skipped above)",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """The stream benchmark (SOURCE files given)."""
+    import time
+
+    from rich.console import Console
+
+    from swapwatch.config import parse_config
+    from swapwatch.errors import ConfigError
+    from swapwatch.stream.stream_bench import StreamBenchSettings, parse_size, print_summary, run_stream_bench
+
+    if args.engines and len(args.engines) > 1:
+        raise ConfigError("--engine: the stream benchmark runs one model; give --engine once")
+    if len(args.backend) > 1:
+        raise ConfigError("--backend: the stream benchmark runs one backend; give one")
+    size = None
+    if args.size:
+        try:
+            size = parse_size(args.size)
+        except ValueError as err:
+            raise ConfigError(f"--size: {err}") from None
+    out = args.out or Path("runs") / "bench" / time.strftime("stream-%Y%m%d-%H%M%S")
+    settings = parse_config(StreamBenchSettings, {
+        "sources": list(args.sources), "via": args.via, "streams": args.streams, "duration_s": args.duration,
+        "warmup_s": args.warmup, "engine": args.engines[0] if args.engines else None, "backend": args.backend[0],
+        "size": size, "clip_seconds": args.clip_seconds, "p95_ms": args.p95_ms, "max_drop": args.max_drop,
+        "ceiling_s": args.ceiling_seconds, "out": out,
+    }, source="swapwatch bench options")
+    console = Console(stderr=True)
+    result = run_stream_bench(settings, console)
+    print_summary(result.report, Console())
+    names = ", ".join(p.name for k, p in result.paths.items() if k != "json")
+    console.print(f"wrote {result.paths['json']} ({names})")
     return 0

@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "swapwatch.calib.calibrate_command",
         "INT8/FP16 ONNX variants and score calibration with false-positive-rate thresholds",
     ),
-    "bench": ("swapwatch.stream.bench_command", "measure engine throughput and latency per batch size"),
+    "bench": ("swapwatch.stream.bench_command",
+              "engine throughput per batch size; with SOURCE files, live glass-to-score latency of the monitor"),
 }
 
 

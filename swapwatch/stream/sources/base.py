@@ -349,15 +349,19 @@ class Source(ABC):
         return promptly once `session.stopped` is set or `_emit` returns False, and close what it opened.
         """
 
-    def _emit(self, session: Session, image: np.ndarray, pts: float | None) -> bool:
-        """Hand one decoded BGR frame to the consumer (from the session thread); False means stop decoding."""
+    def _emit(self, session: Session, image: np.ndarray, pts: float | None, decode_ms: float | None = None) -> bool:
+        """Hand one decoded BGR frame to the consumer (from the session thread); False means stop decoding.
+
+        `decode_ms`: what decoding this frame cost, when the source measures it (becomes `Frame.decode_ms`).
+        """
         if session.stopped:
             return False
         with self._index_lock:
             index = self._next_index
             self._next_index += 1
         now = time.monotonic()
-        frame = Frame(stream=self.name, index=index, image=image, pts=pts, received=now, wall=time.time())
+        frame = Frame(stream=self.name, index=index, image=image, pts=pts, received=now, wall=time.time(),
+                      decode_ms=decode_ms)
         self._recent.append(now)
         session.on_frame()  # before the put: the state turns live before the consumer sees this frame
         assert self._queue is not None

@@ -40,6 +40,8 @@ class Frame:
     on the stream's own clock: it restarts after a reconnection, and is None when the stream does not
     give one (the first RTSP frame usually has none, FACTS.md). `received` (time.monotonic()) is when
     the frame was handed over (after pacing, for a paced file): the start of glass-to-score latency.
+    `decode_ms` is the time the source spent decoding it (and converting it to BGR), when it measures
+    that (PyAV sources do); the monitor reports it as the `decode` stage.
     """
 
     stream: str
@@ -48,6 +50,7 @@ class Frame:
     pts: float | None
     received: float
     wall: float
+    decode_ms: float | None = None
 
     @property
     def height(self) -> int:

@@ -315,6 +315,7 @@ class PyAVSource(Source):
                 for packet in container.demux(stream):
                     if session.stopped:
                         return
+                    started = time.perf_counter()
                     try:
                         frames = packet.decode()
                     except av.error.InvalidDataError:
@@ -322,16 +323,21 @@ class PyAVSource(Source):
                         # a live stream that never recovers trips the stall watchdog.
                         self._count_decode_error()
                         continue
+                    # decode_ms: this frame's share of the packet's decode plus its BGR conversion (no
+                    # demuxing or network wait); one packet holds one frame in the streams we read.
+                    share_ms = (time.perf_counter() - started) * 1e3 / max(1, len(frames))
                     for frame in frames:
                         t = frame.time
                         if t is not None:
                             first_t = t if first_t is None else first_t
                             last_t = t
+                        converting = time.perf_counter()
                         image = to_bgr(frame)
+                        decode_ms = share_ms + (time.perf_counter() - converting) * 1e3
                         if pacer is not None and not pacer.wait(t, decoded):
                             return
                         decoded += 1
-                        if not self._emit(session, image, t):
+                        if not self._emit(session, image, t, decode_ms):
                             return
             except (av.FFmpegError, OSError) as err:
                 if session.stopped:

@@ -1,0 +1,255 @@
+"""How recorded clips reach the monitor as live streams: RTSP, WebRTC (WHIP) or the paced file source.
+
+Every transport starts its senders once (`start`), then for each run hands out `copies` monitor
+sources per input (`open`), ready to be wrapped by `GlassSource`, and closes what it opened for that
+run (`close_run`). Senders run on this machine and share its CPU with the monitor, as on any loopback
+benchmark; `sender_cpu_s()` says how much they used so the numbers can be read with that in mind.
+
+- `rtsp`: one GStreamer RTSP server process per input (rtsp_replay.py, stamped mode). Every client
+  connection gets its own pipeline (x264 encoder, frame counter), so `copies` readers of one URL are
+  `copies` independent cameras. Needs Debian's GStreamer RTSP server; its absence is an error that
+  names the apt packages.
+- `webrtc`: an aiohttp app in this process with the WHIP routes (server/whip.py) receives; one aiortc
+  `FileTrack` per copy publishes to it (whip_client.py) through a real peer connection (ICE, DTLS,
+  SRTP, VP8), drawing the glass stamp in its transform hook as each frame is sent. Sender, receiver
+  and monitor share one event loop and one process here; in production they would not, which makes
+  these numbers a little pessimistic. aioice offers no 127.0.0.1 candidate (FACTS.md), so the machine
+  needs a non-loopback IPv4 address.
+- `file`: the monitor's paced file source reads a prepared H.264 file (the sender's encoding) at its
+  frame rate with the `latest` policy, as a live camera would deliver it. No stamp is drawn; the
+  glass time is the frame's place on the file's schedule (see recorder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import resource
+import socket
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from swapwatch.errors import SwapwatchError
+from swapwatch.stream.glass_stamp import draw_stamp, now_us
+from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, raw_frames
+
+log = logging.getLogger(__name__)
+
+
+class TransportUnavailable(SwapwatchError):
+    """What a transport needs is missing on this machine; the message says what and how to install it."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Transport(ABC):
+    """Senders for the inputs, and monitor sources that receive from them."""
+
+    via: str
+    stamped: bool = True
+
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
+        self.inputs = inputs
+        self.workdir = workdir
+        self.seconds_needed = seconds_needed
+
+    async def start(self) -> None:
+        """Prepare and start the senders (once per benchmark)."""
+
+    @abstractmethod
+    async def open(self, copies: int) -> list[Any]:
+        """`copies` sources per input for one run, named `<input>-<k>` (not started)."""
+
+    async def close_run(self) -> None:
+        """Release what `open` created once the run's monitor has stopped."""
+
+    async def stop(self) -> None:
+        """Stop the senders."""
+
+    def sender_cpu_s(self) -> float | None:
+        """CPU seconds the senders used so far (None when unknown)."""
+        return None
+
+
+class RtspTransport(Transport):
+    via = "rtsp"
+
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
+        super().__init__(inputs, workdir, seconds_needed)
+        self.servers: list[Any] = []
+
+    async def start(self) -> None:
+        from swapwatch.stream.rtsp_replay import gstreamer_problem, install_hint, start_rtsp_server
+
+        problem = await asyncio.to_thread(gstreamer_problem)
+        if problem is not None:
+            raise TransportUnavailable(
+                f"--via rtsp needs Debian's GStreamer RTSP server, run by /usr/bin/python3: {problem}. "
+                f"Install it with: {install_hint()} (or use --via file)"
+            )
+        for item in self.inputs:
+            raw = await asyncio.to_thread(raw_frames, item, self.workdir / "raw")
+            try:
+                server = await asyncio.to_thread(
+                    start_rtsp_server, item.source, self.workdir / f"rtsp-{item.name}", backend="gstreamer",
+                    stamp=True, raw=raw, path=item.name,
+                )
+            except RuntimeError as err:
+                raise TransportUnavailable(f"the RTSP server for {item.source} did not start: {err}") from None
+            self.servers.append(server)
+
+    async def open(self, copies: int) -> list[Any]:
+        from swapwatch.stream.sources import SourceConfig, open_source
+
+        return [
+            open_source(SourceConfig(url=server.url, name=f"{item.name}-{k}"))
+            for item, server in zip(self.inputs, self.servers, strict=True)
+            for k in range(1, copies + 1)
+        ]
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await asyncio.to_thread(server.stop)
+        self.servers.clear()
+
+    def sender_cpu_s(self) -> float | None:
+        values = [s.cpu_seconds() for s in self.servers]
+        return None if any(v is None for v in values) else float(sum(values))  # type: ignore[arg-type]
+
+
+class FileTransport(Transport):
+    via = "file"
+    stamped = False
+
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
+        super().__init__(inputs, workdir, seconds_needed)
+        self.files: list[Path] = []
+
+    async def start(self) -> None:
+        for item in self.inputs:
+            self.files.append(await asyncio.to_thread(encoded_file, item, self.workdir / "encoded", self.seconds_needed))
+
+    async def open(self, copies: int) -> list[Any]:
+        from swapwatch.stream.sources import SourceConfig, open_source
+
+        return [
+            open_source(SourceConfig(url=str(path), name=f"{item.name}-{k}", realtime=True, policy="latest",
+                                     live=False))
+            for item, path in zip(self.inputs, self.files, strict=True)
+            for k in range(1, copies + 1)
+        ]
+
+
+class StampHook:
+    """A FileTrack transform: draws the glass stamp (send time now, and a per-track counter) into each frame."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+
+    def __call__(self, image: Any, _t_send_wall: float) -> Any:
+        draw_stamp(image, now_us(), next(self._seq))
+        return image
+
+
+class WebRtcTransport(Transport):
+    via = "webrtc"
+
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
+        super().__init__(inputs, workdir, seconds_needed)
+        self.runner: Any = None
+        self.url = ""
+        self.sessions: list[Any] = []
+        self.arrived: dict[str, Any] = {}
+        self._arrival = asyncio.Event()
+
+    async def start(self) -> None:
+        try:
+            from aiohttp import web
+
+            from swapwatch.stream.server.whip import WhipConfig, add_whip_routes
+        except ImportError as err:
+            raise TransportUnavailable(f"--via webrtc needs aiortc and aiohttp ({err}); install swapwatch's "
+                                       "dependencies again") from None
+
+        async def on_source(source: Any) -> str:
+            self.arrived[source.name] = source
+            self._arrival.set()
+            return str(source.name)
+
+        async def on_end(name: str) -> None:
+            self.arrived.pop(name, None)
+
+        app = web.Application()
+        # No media timeout: the monitor may be busy starting (engine warm-up) while frames already flow.
+        add_whip_routes(app, on_source=on_source, on_end=on_end,
+                        config=WhipConfig(max_sessions=1024, media_timeout_s=None))
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        port = _free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/whip"
+
+    async def open(self, copies: int) -> list[Any]:
+        from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
+
+        names: list[str] = []
+        for item in self.inputs:
+            for k in range(1, copies + 1):
+                name = f"{item.name}-{k}"
+                track = FileTrack(item.source, loop=True, size=(item.width, item.height), transform=StampHook())
+                try:
+                    session = await publish(f"{self.url}/{name}", track, codec="vp8")
+                    self.sessions.append(session)
+                    await session.wait_connected(timeout=15.0)
+                except WhipClientError as err:
+                    raise TransportUnavailable(
+                        f"WebRTC publishing to the benchmark's own WHIP endpoint failed: {err}. aioice offers "
+                        "no 127.0.0.1 candidate, so this machine needs a non-loopback IPv4 address"
+                    ) from None
+                names.append(name)
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while not all(n in self.arrived for n in names):
+            self._arrival.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                missing = [n for n in names if n not in self.arrived]
+                raise TransportUnavailable(f"WebRTC streams never reached the WHIP endpoint: {', '.join(missing)}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), left)
+        return [self.arrived[n] for n in names]
+
+    async def close_run(self) -> None:
+        sessions, self.sessions = self.sessions, []
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for _ in range(50):  # let the server side see the hang-ups before the next run reuses the names
+            if not self.arrived:
+                break
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        await self.close_run()
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def sender_cpu_s(self) -> float | None:
+        return None  # sender and receiver share this process: see the run's process CPU instead
+
+
+def make_transport(via: str, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> Transport:
+    """The transport named by `--via`."""
+    kinds: dict[str, type[Transport]] = {"rtsp": RtspTransport, "file": FileTransport, "webrtc": WebRtcTransport}
+    return kinds[via](inputs, workdir, seconds_needed)
+
+
+def process_cpu_s() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
