@@ -60,7 +60,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamTrack

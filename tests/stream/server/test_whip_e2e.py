@@ -1,0 +1,111 @@
+"""End to end through the real server: `swapwatch publish`'s client sends the demo clip with a face-swapped
+segment over WHIP into `serve_monitor` (the monitor, the API, the event feed), and the alert comes out of
+the event API. The model is the enrolled-identity reference model of the pipeline tests (a real ONNX model
+run by ONNX Runtime, whose scores rise on the swapped face), so the alert is certain within one play of the
+clip. The CLI itself is run as a subprocess against the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
+from tests.stream.conftest import run_async
+from tests.stream.server.conftest import TOKEN, running_server, server_config, wait_until
+from tests.stream.server.test_whip import loopback_ice  # noqa: F401 - the fixture
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+async def events(srv: Any, **query: str) -> list[dict[str, Any]]:
+    async with srv.session.get(srv.url("/api/events"), params=query, headers=srv.auth) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["events"]
+
+
+def test_whip_published_swap_raises_an_alert(
+    loopback_ice: None, reference_model: Path, swap_clip: DemoClip, tmp_path: Path  # noqa: F811
+) -> None:
+    async def scenario() -> None:
+        cfg = server_config(reference_model, tmp_path)
+        async with running_server(cfg) as srv:
+            with pytest.raises(WhipClientError) as refused:
+                await publish(srv.url("/whip/caller"), FileTrack(swap_clip.path), token=None)
+            assert refused.value.status == 401
+
+            session = await publish(srv.url("/whip/caller"), FileTrack(swap_clip.path), token=TOKEN)
+            await session.wait_connected()
+
+            async def alerted() -> bool:
+                return bool(await events(srv, stream="caller", state="alert"))
+
+            await wait_until(alerted, timeout=swap_clip.duration + 20)
+            alert = (await events(srv, stream="caller", state="alert"))[0]
+            assert alert["stream"] == "caller" and alert["state"] == "alert"
+            # The alert is about the swapped span of the clip: pts is the sender's media time.
+            start, end = swap_clip.segment
+            assert start <= alert["frame_pts"] <= end + 2.0
+            assert alert["latency_ms"] is not None and alert["latency_ms"] >= 0
+
+            async with srv.session.get(srv.url("/api/streams/caller"), headers=srv.auth) as r:
+                assert r.status == 200
+                stream = await r.json()
+            assert "webrtc" in str(stream)
+
+            assert await session.close() == 200
+
+            async def ended() -> list[dict[str, Any]]:
+                return [e for e in await events(srv, stream="caller", type="stream") if e["source_state"] == "ended"]
+
+            await wait_until(ended, timeout=20)
+            assert "DELETE" in (await ended())[0]["reason"]
+
+    run_async(scenario(), timeout=180)
+
+
+def test_publish_command_streams_until_sigint(
+    loopback_ice: None, reference_model: Path, swap_clip: DemoClip, tmp_path: Path  # noqa: F811
+) -> None:
+    """`swapwatch publish` in its own process: frames reach the monitor, SIGINT sends DELETE, exit 0.
+
+    The subprocess's aiortc is not patched, so it offers its non-loopback host addresses; this
+    process (patched) answers from 127.0.0.1 and the kernel routes between them locally.
+    """
+    async def scenario() -> None:
+        cfg = server_config(reference_model, tmp_path)
+        async with running_server(cfg) as srv:
+            env = {**os.environ, "SWAPWATCH_TOKEN": TOKEN}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "swapwatch", "publish", str(swap_clip.path), srv.url("/whip/cli"),
+                "--loop", cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+            try:
+                async def streaming() -> bool:
+                    async with srv.session.get(srv.url("/api/streams/cli"), headers=srv.auth) as r:
+                        return r.status == 200 and (await r.json()).get("frames", 0) > 10
+
+                await wait_until(streaming, timeout=30)
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGINT)
+            out = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+            assert proc.returncode == 0, out
+            assert "SIGINT received" in out and "DELETE -> 200" in out, out
+            assert TOKEN not in out
+
+            async def gone() -> bool:
+                async with srv.session.get(srv.url("/api/streams/cli"), headers=srv.auth) as r:
+                    return r.status == 404 or (await r.json()).get("state") in ("ended", None)
+
+            await wait_until(gone, timeout=20)
+
+    run_async(scenario(), timeout=120)
