@@ -73,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
         from swapwatch.stream.sinks.metrics import MetricsConfig
 
         cfg.sinks.metrics = MetricsConfig()
+    token = cfg.server.resolved_token(args.token)
+    if token:  # the effective config says a token is set (shown as **********), wherever it came from
+        cfg.server.token = token  # type: ignore[assignment]  # validated into a SecretStr
     if args.print_config:
         sys.stdout.write(effective_config_yaml(cfg))
         return 0
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration: must be a positive number of seconds, got {args.duration}")
-    token = cfg.server.resolved_token(args.token)
     from swapwatch.stream.server.app import check_security
 
     check_security(cfg.server, token)

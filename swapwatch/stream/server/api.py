@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -123,7 +124,7 @@ def stream_path(name: str) -> str:
 
 async def list_streams(request: web.Request) -> web.Response:
     monitor = _state(request).monitor
-    return web.json_response({"streams": [monitor.stream_status(n) for n in monitor.stream_names()]})
+    return web.json_response({"streams": [json_safe(monitor.stream_status(n)) for n in monitor.stream_names()]})
 
 
 async def add_stream(request: web.Request) -> web.Response:
@@ -149,12 +150,12 @@ async def add_stream(request: web.Request) -> web.Response:
     except ConfigError as err:
         return error(409, str(err), fields=[{"field": "name", "message": str(err)}])
     log.info("api: stream %s added (%s)", name, config.masked_url)
-    return web.json_response(state.monitor.stream_status(name), status=201, headers={"Location": stream_path(name)})
+    return web.json_response(json_safe(state.monitor.stream_status(name)), status=201, headers={"Location": stream_path(name)})
 
 
 async def get_stream(request: web.Request) -> web.Response:
     try:
-        return web.json_response(_state(request).monitor.stream_status(request.match_info["name"]))
+        return web.json_response(json_safe(_state(request).monitor.stream_status(request.match_info["name"])))
     except StreamNotFoundError as err:
         return error(404, str(err))
 
@@ -166,7 +167,7 @@ async def delete_stream(request: web.Request) -> web.Response:
     except StreamNotFoundError as err:
         return error(404, str(err))
     log.info("api: stream %s removed", name)
-    return web.json_response({"removed": name, "report": asdict(report)})
+    return web.json_response({"removed": name, "report": json_safe(asdict(report))})
 
 
 # --- events, status, config ---------------------------------------------------------------------------------
@@ -185,9 +186,21 @@ async def get_events(request: web.Request) -> web.Response:
     return web.json_response({"count": len(events), "events": [e.to_dict() for e in events]})
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities replaced by None (strict JSON has neither; e.g. the batcher's
+    percentiles before its first batch are NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def status_snapshot(state: ServerState) -> dict[str, Any]:
     """The monitor's status plus the server's own: what GET /api/status returns and the feed pushes."""
-    status = state.monitor.status()
+    status: dict[str, Any] = json_safe(state.monitor.status())
     status["server"] = {
         "uptime_s": round(time.time() - state.started, 1),
         "loop_lag_ms": round(state.loop_lag_ms, 2),

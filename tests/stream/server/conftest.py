@@ -86,3 +86,101 @@ async def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# --- a server in a thread, shared by the table tests of one module ------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    text: str
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.text)
+
+
+class ServerThread:
+    """`serve_monitor` on its own event loop in a thread, so sync tests (and pytest parametrization) can
+    share one warm server; `http()` talks to it over TCP with the standard library's client."""
+
+    def __init__(self, cfg: MonitorConfig, token: str | None = TOKEN) -> None:
+        import threading
+
+        self.cfg, self.token = cfg, token
+        self.base = ""
+        self.served: Any = None
+        self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="test-server", daemon=True)
+
+    async def _main(self) -> None:
+        from swapwatch.stream.server.app import serve_monitor
+
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with serve_monitor(self.cfg, token=self.token) as served:
+                self.served, self.base = served, served.base_url
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as err:  # noqa: BLE001 - reported to the test thread
+            self.error = err
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(120)
+        if self.error is not None or not self.base:
+            raise RuntimeError(f"test server did not start: {self.error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run a coroutine on the server's loop (e.g. to look at the monitor) and return its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def monitor(self) -> Any:
+        return self.served.monitor
+
+    def http(self, method: str, path: str, *, body: bytes | str | None = None, json_body: Any = None,
+             headers: dict[str, str] | None = None, token: str | None = "default") -> Reply:
+        import json
+        import urllib.error
+        import urllib.request
+
+        hdrs = dict(headers or {})
+        tok = self.token if token == "default" else token
+        if tok is not None:
+            hdrs.setdefault("Authorization", f"Bearer {tok}")
+        data = body.encode() if isinstance(body, str) else body
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return Reply(resp.status, resp.headers, resp.read().decode())
+        except urllib.error.HTTPError as err:
+            return Reply(err.code, err.headers, err.read().decode())
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
