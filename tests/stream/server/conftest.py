@@ -134,7 +134,7 @@ class ServerThread:
         finally:
             self._ready.set()
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> ServerThread:  # noqa: PYI034 - a plain test helper, never subclassed
         self._thread.start()
         self._ready.wait(120)
         if self.error is not None or not self.base:

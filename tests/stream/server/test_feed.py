@@ -184,7 +184,7 @@ def test_bearer_header(header: str | None, verdict: bool | None) -> None:
 @pytest.mark.parametrize(("age_s", "ok"), [(0.0, True), (59.0, True), (61.0, False)])
 def test_tickets_expire(age_s: float, ok: bool) -> None:
     auth = TokenAuth(TOKEN, ticket_ttl_s=60)
-    ticket, expires = auth.issue_ticket(now=1000.0)
+    ticket, _ = auth.issue_ticket(now=1000.0)
     assert auth.check_ticket(ticket, now=1000.0 + age_s) is ok
     assert not TokenAuth(TOKEN).check_ticket(ticket, now=1000.0)  # another process's key
 
