@@ -96,7 +96,7 @@ class StreamMarks:
 
     pending: dict[int, GlassMark] = field(default_factory=dict)
     seen: int = 0
-    unstamped: int = 0
+    unreadable: int = 0
 
 
 class GlassSource:
@@ -123,7 +123,7 @@ class GlassSource:
             if self._stamped:
                 stamp = read_stamp(frame.image)
                 if stamp is None:
-                    marks.unstamped += 1
+                    marks.unreadable += 1
                 else:
                     glass, seq = stamp.t, stamp.seq
             marks.pending[int(frame.index)] = GlassMark(glass, seq, float(frame.received), frame.pts,

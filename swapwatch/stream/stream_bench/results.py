@@ -10,6 +10,9 @@ Definitions (docs/bench.md explains how to read them):
 - **dropped**: sender frames that were never scored. Per stream, the sender's sequence numbers of the
   scored frames span `expected` frames (first to last scored, inside the measuring window); the ones
   missing from the span were replaced in the latest-frame queue, lost on the way or unreadable.
+- **unreadable stamps**: frames (whole run) whose stamp did not read back. They get no latency and
+  show up as drops. Over RTSP there should be none; over WebRTC on a busy machine a lost RTP packet
+  makes the VP8 decoder show blocks of an older frame, and the stamp's CRC rejects that picture.
 - **fps**: scored frames per second of glass time, per stream.
 - **real time**: a run holds when its p95 glass-to-score is within `p95_ms` and it dropped at most
   `max_drop` of the sender's frames.
@@ -84,7 +87,8 @@ def run_summary(
     streams: Sequence[str],
     copies: int,
     source_fps: float,
-    unstamped: int,
+    unreadable: int,
+    received: int,
     p95_ms: float,
     max_drop: float,
 ) -> dict[str, Any]:
@@ -128,7 +132,8 @@ def run_summary(
             "expected": expected,
             "dropped": dropped,
             "drop_rate": round(drop_rate, 4),
-            "unstamped": unstamped,
+            "received_whole_run": received,
+            "unreadable_stamps": unreadable,
             "with_faces": sum(1 for r in records if r.faces),
             "faces": sum(r.faces for r in records),
             "faces_scored": sum(r.scored_faces for r in records),

@@ -176,7 +176,8 @@ class StreamBench:
             streams=[w.name for w in wrapped],
             copies=copies,
             source_fps=float(sum(i.fps for i in inputs) / len(inputs)),
-            unstamped=sum(m.unstamped for m in recorder.streams.values()),
+            unreadable=sum(m.unreadable for m in recorder.streams.values()),
+            received=sum(m.seen for m in recorder.streams.values()),
             p95_ms=s.p95_ms,
             max_drop=s.max_drop,
         )
@@ -229,9 +230,10 @@ class StreamBench:
 
 def print_summary(report: dict[str, Any], console: Console) -> None:
     """The runs as a table, and how many streams held in real time."""
-    table = Table(title=f"stream benchmark, --via {report['via']}")
-    for col in ("streams/input", "fps/stream", "p50 ms", "p95 ms", "p99 ms", "max ms", "dropped", "decode ceiling",
-                "cores", "real time"):
+    table = Table(title=f"stream benchmark, --via {report['via']}",
+                  caption="N: streams per input; fps: scored per stream; p50..max: glass-to-score ms; ceiling: "
+                  "decode-only fps per decoder; cores: monitor process (+ senders)")
+    for col in ("N", "fps", "p50", "p95", "p99", "max", "dropped", "ceiling", "cores", "real time"):
         table.add_column(col, justify="right")
     for run in report["runs"]:
         lat = run["latency_ms"] or {}
@@ -243,7 +245,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             str(run["streams"]), f"{run['fps']['per_stream_mean']:.1f}",
             *(f"{lat[k]:.0f}" if lat else "-" for k in ("p50", "p95", "p99", "max")),
             f"{run['frames']['dropped']}/{run['frames']['expected']}",
-            f"{run['decode_ceiling']['fps_per_decoder']:.0f} fps", cores,
+            f"{run['decode_ceiling']['fps_per_decoder']:.0f}", cores,
             "yes" if run["realtime"] else "no",
         )
     console.print(table)
