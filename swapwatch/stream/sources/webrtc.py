@@ -91,6 +91,8 @@ class WebRTCSource(Source):
         self.track = track
         self._on_close = on_close
         self.first_frame_at: float | None = None
+        self.frame_size: tuple[int, int] | None = None
+        """(width, height) of the last frame: the peer may change it mid-stream (bandwidth, CPU)."""
 
     def start(self) -> None:
         """Start pumping frames (idempotent). Call it as soon as the track exists, so none piles up unread."""
@@ -140,6 +142,7 @@ class WebRTCSource(Source):
             elif self._state in TERMINAL_STATES:
                 return
             image = to_bgr(vframe)
+            self.frame_size = (vframe.width, vframe.height)
             pts = float(vframe.pts * vframe.time_base) if vframe.pts is not None and vframe.time_base else None
             with self._index_lock:
                 index = self._next_index

@@ -87,8 +87,13 @@ async def wait_for(predicate: Any, timeout: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def whip_app(**config: Any) -> AsyncIterator[Harness]:
+async def whip_app(*, static: bool = False, **config: Any) -> AsyncIterator[Harness]:
+    """The WHIP routes (with `config`) on 127.0.0.1; `static=True` also serves the publish page at /static/."""
     app = web.Application()
+    if static:
+        from importlib import resources
+
+        app.router.add_static("/static/", Path(str(resources.files("swapwatch.stream.server") / "static")))
     holder: dict[str, Harness] = {}
 
     async def consume(source: Source, h: Harness) -> None:
