@@ -109,3 +109,26 @@ def test_publish_command_streams_until_sigint(
             await wait_until(gone, timeout=20)
 
     run_async(scenario(), timeout=120)
+
+
+def test_removing_a_webrtc_stream_through_the_api_hangs_up(
+    loopback_ice: None, reference_model: Path, swap_clip: DemoClip, tmp_path: Path  # noqa: F811
+) -> None:
+    async def scenario() -> None:
+        cfg = server_config(reference_model, tmp_path)
+        async with running_server(cfg) as srv:
+            session = await publish(srv.url("/whip/desk"), FileTrack(swap_clip.path, loop=True), token=TOKEN)
+
+            async def streaming() -> bool:
+                async with srv.session.get(srv.url("/api/streams/desk"), headers=srv.auth) as r:
+                    return r.status == 200 and (await r.json()).get("frames", 0) > 5
+
+            await wait_until(streaming, timeout=30)
+            async with srv.session.delete(srv.url("/api/streams/desk"), headers=srv.auth) as r:
+                assert r.status == 200, await r.text()
+            await wait_until(lambda: session.pc.connectionState == "closed", timeout=20)
+            assert await session.close() == 404  # the server already ended the session
+            async with srv.session.get(srv.url("/api/streams/desk"), headers=srv.auth) as r:
+                assert r.status == 404 or (await r.json())["source_state"] == "ended"
+
+    run_async(scenario(), timeout=120)
