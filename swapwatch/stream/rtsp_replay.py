@@ -347,8 +347,8 @@ class RtspServer:
         if stamp and backend != "gstreamer":
             raise RuntimeError("stamped frames need the gstreamer backend (the listen fallback cannot draw into "
                                f"frames); install it: {install_hint()}")
-        self.clip = Path(clip)
-        self.workdir = Path(workdir)
+        self.clip = Path(clip).resolve()
+        self.workdir = Path(workdir).resolve()  # the server runs with it as its cwd: no relative paths
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend: Backend = backend
         self.loop = loop

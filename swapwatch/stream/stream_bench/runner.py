@@ -65,7 +65,7 @@ class StreamBench:
     def __init__(self, settings: StreamBenchSettings, console: Console | None = None) -> None:
         self.settings = settings
         self.console = console or Console(stderr=True)
-        self.workdir = settings.workdir or settings.out / "work"
+        self.workdir = (settings.workdir or settings.out / "work").resolve()
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{text}[/]")
