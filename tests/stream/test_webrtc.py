@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.rtp import RtpPacket
 
 from swapwatch.config import parse_config
 from swapwatch.errors import ConfigError, MediaError
 from swapwatch.stream.sources import SourceConfig
-from swapwatch.stream.sources.webrtc import WebRTCSource
+from swapwatch.stream.sources.webrtc import MarkerJitterBuffer, WebRTCSource, release_frames_on_marker
 from swapwatch.stream.whip_client import FileTrack
 from tests.stream.conftest import ClipFactory, collect, read_marker, run_async, states
 
@@ -149,3 +150,50 @@ def test_webrtc_source_takes_only_video() -> None:
 def test_webrtc_kind_is_refused_in_user_configs() -> None:
     with pytest.raises(ConfigError, match="published to the server"):
         parse_config(SourceConfig, {"url": "webrtc://x", "kind": "webrtc"}, source="sources[0]")
+
+
+# --- the marker-aware jitter buffer ----------------------------------------------------------------------------
+
+
+def _packet(seq: int, ts: int, marker: bool) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, marker=int(marker), sequence_number=seq, timestamp=ts)
+    packet._data = f"<{seq}>".encode()  # type: ignore[attr-defined] - what aiortc's receiver sets: the depayloaded bytes
+    return packet
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "released"),
+    [
+        # (seq, timestamp, marker) in arrival order -> after which arrival (index) which frame (data) came out
+        ([(1, 100, True)], {0: b"<1>"}),
+        ([(1, 100, False), (2, 100, False), (3, 100, True)], {2: b"<1><2><3>"}),
+        ([(1, 100, False), (3, 100, True), (2, 100, False)], {2: b"<1><2><3>"}),  # a gap holds it back
+        ([(1, 100, True), (2, 200, False), (3, 200, True)], {0: b"<1>", 2: b"<2><3>"}),
+        ([(1, 100, False), (2, 100, False), (3, 200, False)], {2: b"<1><2>"}),  # no marker: aiortc's own rule
+    ],
+)
+def test_marker_jitter_buffer_releases_complete_frames_at_once(
+    arrivals: list[tuple[int, int, bool]], released: dict[int, bytes]
+) -> None:
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    out = {}
+    for i, (seq, ts, marker) in enumerate(arrivals):
+        _, frame = buffer.add(_packet(seq, ts, marker))
+        if frame is not None:
+            out[i] = frame.data
+    assert out == released
+
+
+def test_release_on_marker_swaps_the_video_receivers_buffer() -> None:
+    async def scenario() -> None:
+        from aiortc import RTCPeerConnection
+
+        pc = RTCPeerConnection()
+        video = pc.addTransceiver("video", direction="recvonly")
+        audio = pc.addTransceiver("audio", direction="recvonly")
+        assert release_frames_on_marker(video.receiver)
+        assert isinstance(getattr(video.receiver, "_RTCRtpReceiver__jitter_buffer"), MarkerJitterBuffer)
+        assert not release_frames_on_marker(audio.receiver)  # audio keeps aiortc's own buffer
+        await pc.close()
+
+    run_async(scenario())

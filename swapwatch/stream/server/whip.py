@@ -73,7 +73,7 @@ from pydantic import Field, model_validator
 
 from swapwatch.config import StrictModel
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source, StateChange
-from swapwatch.stream.sources.webrtc import WebRTCSource
+from swapwatch.stream.sources.webrtc import WebRTCSource, release_frames_on_marker
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ class WhipConfig(StrictModel):
     accept_audio: bool = Field(
         False,
         description="Accept audio (received and discarded). false answers audio as inactive, so the peer sends none.",
+    )
+    release_on_marker: bool = Field(
+        True,
+        description="Decode each video frame as soon as its last RTP packet (marker bit) arrives, instead of when "
+        "the next frame starts (aiortc's default): one frame interval (33 ms at 30 fps) less latency.",
     )
     queue_size: int = Field(
         1, ge=1, le=16, description="Frames held per stream for the monitor (latest policy: newer frames replace them)."
@@ -415,6 +420,8 @@ class WhipIngest:
             track = transceiver.receiver.track
             if transceiver.kind == "video" and track is not None:
                 videos.append(track)
+                if self.config.release_on_marker:
+                    release_frames_on_marker(transceiver.receiver)
             elif transceiver.kind == "audio" and not self.config.accept_audio:
                 transceiver.direction = "inactive"
             if track is not None and transceiver.kind != "video":

@@ -23,6 +23,13 @@ Choices, and why:
   `reconnecting`; a peer that comes back publishes a new session. A peer that vanishes without
   hanging up is noticed by the WHIP session (its media timeout, or ICE consent failing), which ends the
   source with that reason (`finish`).
+- **A frame is decoded as soon as its last packet arrives** (`release_frames_on_marker`). aiortc's jitter
+  buffer hands a video frame to the decoder only when the first packet of the *next* frame arrives, one
+  frame interval late (33 ms at 30 fps, a fifth of a 150 ms glass-to-score budget). RTP marks the last
+  packet of each video frame (the marker bit: RFC 7741 for VP8, RFC 6184 for H.264), so a buffer that
+  also releases a complete run of packets ending in a marked one loses nothing and saves that interval.
+  It replaces a private attribute of aiortc's receiver: when a future aiortc renames it, the swap is
+  skipped (logged) and frames simply arrive one interval later.
 - **Closing the source hangs up.** `aclose()` (the monitor removing the stream) calls `on_close`, so
   the WHIP session closes the peer connection too: a source the monitor gave up on must not keep a
   track alive that nobody reads.
@@ -36,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source
@@ -50,6 +58,49 @@ log = logging.getLogger(__name__)
 
 WEBRTC_URL_SCHEME = "webrtc"
 """Sources published over WebRTC are shown as `webrtc://<stream name>` (there is no URL to open)."""
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, which also releases a frame as soon as its marked last packet arrives.
+
+    aiortc's `_remove_frame` completes a frame when a packet of the next timestamp follows it; this adds
+    the other way a frame is known complete: a gap-free run of packets of one timestamp, from the
+    buffer's origin up to a packet with the RTP marker bit. Missing packets still hold the frame back
+    (NACK retransmissions fill them), exactly as before.
+    """
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        frame = super()._remove_frame(sequence_number)
+        if frame is not None or self._origin is None:
+            return frame
+        packets = []
+        timestamp = None
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None or (timestamp is not None and packet.timestamp != timestamp):
+                return None
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)  # type: ignore[attr-defined]
+        return None
+
+
+_RECEIVER_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+
+
+def release_frames_on_marker(receiver: object) -> bool:
+    """Give an aiortc video receiver a `MarkerJitterBuffer` (before any packet arrives); False if it cannot.
+
+    See the module docstring: it saves one frame interval of latency on every frame.
+    """
+    current = getattr(receiver, _RECEIVER_JITTER_BUFFER, None)
+    if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", False) is not True:
+        log.warning("aiortc's receiver has no video jitter buffer where expected: frames keep one interval of delay")
+        return False
+    setattr(receiver, _RECEIVER_JITTER_BUFFER, MarkerJitterBuffer(capacity=current.capacity, is_video=True))
+    return True
 
 
 def webrtc_config(name: str, queue_size: int = 1) -> SourceConfig:
