@@ -53,9 +53,10 @@ def _check_report(out: Path, via: str, stamped: bool) -> dict:
     stage_sum = sum(run["stages_ms"][s]["mean"] for s in STAGE_ORDER)
     assert math.isclose(stage_sum, lat["mean"], rel_tol=0.02, abs_tol=0.5)  # the parts add up to the total
     if stamped:
-        assert run["stages_ms"]["receive"]["mean"] > 1  # encode + network: never free
+        assert run["stages_ms"]["receive"]["p50"] > 1  # encode + network: never free
     else:
-        assert run["stages_ms"]["receive"]["mean"] < 5  # a paced file's glass time is when it is handed over
+        # A paced file's glass time is its due time, when the reader hands it over: late only when starved.
+        assert run["stages_ms"]["receive"]["p50"] < 5
     lines = (out / "frames.jsonl").read_text().splitlines()
     assert len(lines) == frames["scored"]
     assert {json.loads(lines[0])["stream"]} <= set(run["per_stream"])

@@ -29,7 +29,7 @@ from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, probe
 from swapwatch.stream.stream_bench.recorder import FrameRecord, FrameRecorder, GlassSource
 from swapwatch.stream.stream_bench.results import json_safe, max_realtime, run_summary, window_records
 from swapwatch.stream.stream_bench.settings import StreamBenchSettings
-from swapwatch.stream.stream_bench.transports import Transport, make_transport, process_cpu_s
+from swapwatch.stream.stream_bench.transports import Transport, machine_busy_s, make_transport, process_cpu_s
 
 
 @dataclass
@@ -46,17 +46,25 @@ class _Sample:
     t: float
     cpu: float
     sender_cpu: float | None
+    machine: float | None
 
 
 def _cpu_between(samples: list[_Sample], start: float, end: float) -> dict[str, float | None]:
-    """Cores used (CPU seconds per second) by this process and by the senders between two times."""
+    """Cores used (CPU seconds per second) between two times: by this process (monitor; with WebRTC also
+    sender and receiver), by the sender processes, and by everything else on the machine (`other_cores`:
+    other people's work, which makes the numbers noisy)."""
     inside = [s for s in samples if start <= s.t <= end]
     if len(inside) < 2:
-        return {"process_cores": None, "sender_cores": None}
+        return {"process_cores": None, "sender_cores": None, "other_cores": None}
     a, b = inside[0], inside[-1]
     span = max(1e-6, b.t - a.t)
-    sender = None if a.sender_cpu is None or b.sender_cpu is None else round((b.sender_cpu - a.sender_cpu) / span, 3)
-    return {"process_cores": round((b.cpu - a.cpu) / span, 3), "sender_cores": sender}
+    process = (b.cpu - a.cpu) / span
+    sender = None if a.sender_cpu is None or b.sender_cpu is None else (b.sender_cpu - a.sender_cpu) / span
+    other = None
+    if a.machine is not None and b.machine is not None:
+        other = max(0.0, (b.machine - a.machine) / span - process - (sender or 0.0))
+    return {"process_cores": round(process, 3), "sender_cores": None if sender is None else round(sender, 3),
+            "other_cores": None if other is None else round(other, 3)}
 
 
 class StreamBench:
@@ -76,6 +84,7 @@ class StreamBench:
         from swapwatch.stream.faces.detector import load_detector
 
         s = self.settings
+        load_at_start = [round(x, 2) for x in os.getloadavg()]
         inputs = await asyncio.to_thread(probe_inputs, list(s.sources), s.size, s.clip_seconds)
         overrides: dict[str, Any] = {"sinks.console": None, "engine.backend": s.backend}
         if s.engine is not None:
@@ -111,7 +120,7 @@ class StreamBench:
             "via": s.via,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                        "loadavg_at_start": load_at_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
             "model": {"file": engine.path.name, "backend": engine.name, "method": meta.method,
                       "precision": meta.precision, "sha256": meta.model_sha256[:12]},
             "settings": json.loads(s.model_dump_json()),
@@ -148,7 +157,7 @@ class StreamBench:
                 began: float | None = None
                 while True:
                     now = time.monotonic()
-                    samples.append(_Sample(now, process_cpu_s(), transport.sender_cpu_s()))
+                    samples.append(_Sample(now, process_cpu_s(), transport.sender_cpu_s(), machine_busy_s()))
                     seen = sum(m.seen for m in recorder.streams.values())
                     if seen and began is None:
                         began = now
@@ -232,20 +241,22 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     """The runs as a table, and how many streams held in real time."""
     table = Table(title=f"stream benchmark, --via {report['via']}",
                   caption="N: streams per input; fps: scored per stream; p50..max: glass-to-score ms; ceiling: "
-                  "decode-only fps per decoder; cores: monitor process (+ senders)")
-    for col in ("N", "fps", "p50", "p95", "p99", "max", "dropped", "ceiling", "cores", "real time"):
+                  "decode-only fps per decoder; cores: monitor process (+ senders); others: cores used by other work "
+                  "on the machine meanwhile (noise)")
+    for col in ("N", "fps", "p50", "p95", "p99", "max", "dropped", "ceiling", "cores", "others", "real time"):
         table.add_column(col, justify="right")
     for run in report["runs"]:
         lat = run["latency_ms"] or {}
         cpu = run["cpu"]
         cores = "-" if cpu["process_cores"] is None else f"{cpu['process_cores']:.2f}"
         if cpu.get("sender_cores") is not None:
-            cores += f" + {cpu['sender_cores']:.2f}"
+            cores += f"+{cpu['sender_cores']:.2f}"
+        other = "-" if cpu.get("other_cores") is None else f"{cpu['other_cores']:.2f}"
         table.add_row(
             str(run["streams"]), f"{run['fps']['per_stream_mean']:.1f}",
             *(f"{lat[k]:.0f}" if lat else "-" for k in ("p50", "p95", "p99", "max")),
             f"{run['frames']['dropped']}/{run['frames']['expected']}",
-            f"{run['decode_ceiling']['fps_per_decoder']:.0f}", cores,
+            f"{run['decode_ceiling']['fps_per_decoder']:.0f}", cores, other,
             "yes" if run["realtime"] else "no",
         )
     console.print(table)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import resource
 import socket
 from abc import ABC, abstractmethod
@@ -247,6 +248,16 @@ def make_transport(via: str, inputs: list[BenchInput], workdir: Path, seconds_ne
     """The transport named by `--via`."""
     kinds: dict[str, type[Transport]] = {"rtsp": RtspTransport, "file": FileTransport, "webrtc": WebRtcTransport}
     return kinds[via](inputs, workdir, seconds_needed)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes on the machine have used so far (busy time of every core), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_s() -> float:
