@@ -6,6 +6,7 @@ directly: the same `recv()` contract a remote track has, with the network left t
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_file_track_loops_scales_and_transforms(clip: Path) -> None:
         assert all(f.width == 320 and f.height == 180 for f in frames)
         assert len(calls) == 45 and calls[0][0] == (180, 320, 3)
         assert abs(calls[-1][1] - time.time()) < 5.0  # t_send is wall-clock time
-        assert all(b[1] >= a[1] for a, b in zip(calls, calls[1:], strict=False))
+        assert all(b[1] >= a[1] for a, b in itertools.pairwise(calls))
         assert frames[0].to_ndarray(format="bgr24")[-4:, -4:].mean() > 200  # the transform's drawing was sent
 
     run_async(scenario())
@@ -192,7 +193,7 @@ def test_release_on_marker_swaps_the_video_receivers_buffer() -> None:
         video = pc.addTransceiver("video", direction="recvonly")
         audio = pc.addTransceiver("audio", direction="recvonly")
         assert release_frames_on_marker(video.receiver)
-        assert isinstance(getattr(video.receiver, "_RTCRtpReceiver__jitter_buffer"), MarkerJitterBuffer)
+        assert isinstance(video.receiver._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
         assert not release_frames_on_marker(audio.receiver)  # audio keeps aiortc's own buffer
         await pc.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -152,8 +153,8 @@ def check_frames(frames: list[Frame], fps: float = 30.0) -> None:
     assert indices == sorted(indices)
     pts = [f.pts for f in frames]
     assert all(p is not None for p in pts)
-    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), "pts must increase"
-    assert all(b.received >= a.received for a, b in zip(frames, frames[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(pts)), "pts must increase"
+    assert all(b.received >= a.received for a, b in itertools.pairwise(frames))
     for frame in frames:
         assert frame.image.shape == (360, 640, 3)
         # The barcode survives VP8/H.264 at these rates: the picture is the one sent at that media time.
@@ -237,7 +238,7 @@ def test_slow_consumer_gets_the_newest_frames_and_drops_are_counted(loopback_ice
             frames = await h.wait_frames("slow", 6)
             stats = h.sources["slow"].stats()
             assert stats.dropped > 10
-            gaps = [b.index - a.index for a, b in zip(frames, frames[1:], strict=False)]
+            gaps = [b.index - a.index for a, b in itertools.pairwise(frames)]
             assert max(gaps) > 1  # the latest policy skipped frames instead of queueing them
             await session.close()
 
@@ -447,8 +448,8 @@ OFFER_FRAGMENT = "\r\n".join([
     [
         ({"start_kbps": 2500, "min_kbps": 1000, "max_kbps": 6000},
          ["a=fmtp:96 x-google-start-bitrate=2500;x-google-min-bitrate=1000;x-google-max-bitrate=6000",
-          "a=fmtp:102 packetization-mode=1;profile-level-id=42e01f;x-google-start-bitrate=2500;"
-          "x-google-min-bitrate=1000;x-google-max-bitrate=6000",
+          ("a=fmtp:102 packetization-mode=1;profile-level-id=42e01f;x-google-start-bitrate=2500;"
+           "x-google-min-bitrate=1000;x-google-max-bitrate=6000"),
           "a=fmtp:97 apt=96", "a=fmtp:111 minptime=10;useinbandfec=1"], []),
         ({"start_kbps": None, "min_kbps": 800, "max_kbps": None},
          ["a=fmtp:96 x-google-min-bitrate=800"], ["x-google-start-bitrate"]),
