@@ -35,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="stop after this many scored frames per video")
     p.add_argument("--crops", action="store_true", help="treat images as already aligned face crops")
     p.add_argument(
-        "--detect-every", type=int, default=1, metavar="N",
-        help="run the face detector on every Nth scored frame and track faces in between; faster, with scores "
-        "that move a little (docs/scan.md); default 1: detect on every frame",
+        "--detect-every", type=int, default=None, metavar="N",
+        help="run the face detector on every Nth scored frame and interpolate faces between two agreeing "
+        "detections (default 3; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
     )
     p.add_argument(
         "--batch", type=_batch, default=None, metavar="N|auto",
@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print("swapwatch scan: no images or videos found in the given paths", file=sys.stderr)
         return 2
     options = {"every": args.every, "max_frames": args.max_frames, "crops": args.crops,
-               "detect_every": args.detect_every, "workers": args.workers, "threads": args.threads}
+               "workers": args.workers, "threads": args.threads}
+    if args.detect_every is not None:
+        options["detect_every"] = args.detect_every
     if args.batch is not None:
         options["batch"] = args.batch
     scanner = Scanner(model=args.model, **options)

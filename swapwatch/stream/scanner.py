@@ -62,6 +62,8 @@ DEFAULT_BATCH = 8
 """Crops per inference call: the default model's best CPU throughput here (`swapwatch bench`:
 411 / 753 / 287 faces/s at batch 1 / 8 / 32)."""
 
+DEFAULT_DETECT_EVERY = 4
+
 MAX_PENDING = 256  # frames waiting for a batch to fill before it is scored anyway (faceless stretches)
 
 
@@ -72,7 +74,7 @@ class ScanSettings(StrictModel):
     max_frames: int | None = Field(None, ge=1, description="Stop after this many scored frames per video.")
     crops: bool = Field(False, description="Treat images as already aligned face crops (no detection).")
     detect_every: int = Field(
-        1, ge=1, le=100,
+        DEFAULT_DETECT_EVERY, ge=1, le=100,
         description="Run the face detector on every Nth scored frame and track faces in between "
         "(1: detect on every frame, the scores a plain loop gives).",
     )
@@ -216,7 +218,8 @@ class Scanner:
                     if isinstance(item, StageDone):
                         faces_q.put(item)
                         return
-                    faces_q.put(stage.handle(item))
+                    for ready in stage.handle(item):
+                        faces_q.put(ready)
             except Stopped:
                 pass
             except BaseException as err:  # noqa: BLE001
