@@ -270,6 +270,34 @@ def test_json_offer_form(loopback_ice: None, clip: Path) -> None:
     run_async(scenario(), timeout=60)
 
 
+@pytest.mark.parametrize(
+    ("server_codecs", "client_codec", "expected"),
+    [
+        (["H264", "VP8"], None, "H264"),  # the client offers VP8 first; the server's order wins
+        (["VP8", "H264"], None, "VP8"),
+        (["H264", "VP8"], "vp8", "VP8"),  # a VP8-only publisher still gets in
+        (["H264"], "vp8", 400),
+    ],
+)
+def test_the_servers_codec_order_decides(
+    loopback_ice: None, clip: Path, server_codecs: list[str], client_codec: str | None, expected: str | int
+) -> None:
+    async def scenario() -> None:
+        async with whip_app(video_codecs=server_codecs) as h:
+            if isinstance(expected, int):
+                with pytest.raises(WhipClientError) as refused:
+                    await publish(h.url("/whip/c"), FileTrack(clip), codec=client_codec)
+                assert refused.value.status == expected and "no codec in common" in str(refused.value)
+                return
+            session = await publish(h.url("/whip/c"), FileTrack(clip, loop=True), codec=client_codec)
+            assert [s["codec"] for s in h.ingest.snapshot()] == [expected]
+            frames = await h.wait_frames("c", 10)
+            check_frames(list(frames))
+            await session.close()
+
+    run_async(scenario(), timeout=60)
+
+
 def test_answer_carries_chrome_bitrate_hints(loopback_ice: None, clip: Path) -> None:
     async def scenario() -> None:
         async with whip_app(start_bitrate_kbps=2000, min_bitrate_kbps=800, max_bitrate_kbps=5000) as h:
