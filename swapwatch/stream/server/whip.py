@@ -358,7 +358,6 @@ class WhipIngest:
         self.on_source = on_source
         self.on_end = on_end
         self.sessions: dict[str, WhipSession] = {}
-        self._negotiating = 0
         self._counter = 0
         self._closing = False
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -386,7 +385,7 @@ class WhipIngest:
         if stream is not None and not STREAM_NAME.match(stream):
             raise WhipError(400, f"stream name {stream!r}: use 1-64 letters, digits, '.', '_' or '-'")
         check_offer(offer)
-        if len(self.sessions) + self._negotiating >= self.config.max_sessions:
+        if len(self.sessions) >= self.config.max_sessions:  # negotiating sessions are in it too
             raise WhipError(
                 503, f"too many sessions: {self.config.max_sessions} are publishing already", {"Retry-After": "5"}
             )
@@ -397,7 +396,6 @@ class WhipIngest:
             requested_name=stream,
         )
         self.sessions[session.id] = session
-        self._negotiating += 1
         try:
             try:
                 answer = await asyncio.wait_for(self._negotiate(session, offer), self.config.negotiate_timeout_s)
@@ -408,8 +406,6 @@ class WhipIngest:
             await self._teardown(session, f"refused: {err}" if isinstance(err, WhipError) else "negotiation failed",
                                  notify=False)
             raise
-        finally:
-            self._negotiating -= 1
         session.state = "active"
         session.watchdog = asyncio.get_running_loop().create_task(
             self._watch(session), name=f"swapwatch-whip-watchdog-{session.id}"

@@ -513,3 +513,21 @@ def test_whip_config_names_the_bad_field(fields: dict[str, Any], says: str) -> N
 
     with pytest.raises(ConfigError, match=says):
         parse_config(WhipConfig, fields, source="whip")
+
+
+def test_concurrent_publishers_up_to_the_limit(loopback_ice: None, clip: Path) -> None:
+    async def scenario() -> None:
+        async with whip_app(max_sessions=3) as h:
+            results = await asyncio.gather(
+                *(publish(h.url(f"/whip/p{i}"), FileTrack(clip, loop=True)) for i in range(4)),
+                return_exceptions=True,
+            )
+            sessions = [r for r in results if not isinstance(r, BaseException)]
+            refused = [r for r in results if isinstance(r, WhipClientError)]
+            assert len(sessions) == 3 and [e.status for e in refused] == [503]
+            names = sorted(s for snap in h.ingest.snapshot() for s in snap["streams"])
+            await asyncio.gather(*(h.wait_frames(name, 3) for name in names))
+            await asyncio.gather(*(s.close() for s in sessions))
+            await wait_for(lambda: not h.ingest.sessions and len(h.ended) == 3, 20)
+
+    run_async(scenario(), timeout=60)
