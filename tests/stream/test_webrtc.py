@@ -198,3 +198,28 @@ def test_release_on_marker_swaps_the_video_receivers_buffer() -> None:
         await pc.close()
 
     run_async(scenario())
+
+
+# --- swapwatch publish: refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["{missing}", "http://127.0.0.1:9/whip"], 2, "file not found"),
+        (["{clip}", "http://127.0.0.1:9/whip", "--size", "641x360"], 2, "--size"),
+        (["{clip}", "rtsp://127.0.0.1/whip"], 2, "http:// or https://"),
+        (["{clip}", "http://127.0.0.1:9/whip", "--duration", "0"], 2, "--duration"),
+        (["{clip}", "http://127.0.0.1:9/whip", "--token", "s3cret-value"], 1, "cannot connect"),  # nothing listens
+    ],
+)
+def test_publish_command_refusals(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int, says: str
+) -> None:
+    from swapwatch.stream.cli import main
+
+    argv = ["publish", *(a.format(clip=clip, missing=tmp_path / "nope.mp4") for a in args)]
+    assert main(argv) == code
+    err = capsys.readouterr()
+    assert says in err.err
+    assert "s3cret-value" not in err.out + err.err
