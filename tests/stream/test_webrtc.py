@@ -111,12 +111,17 @@ def test_webrtc_source_states_frames_and_end(clip: Path) -> None:
         assert error is None
         assert states(source) == ["connecting", "live", "ended"]
         assert "track ended" in source.history[-1].reason
-        assert [f.index for f in frames] == list(range(30))
-        assert [round(f.pts * 30) for f in frames] == list(range(30))
-        assert all(f.image.shape == (360, 640, 3) and f.image.dtype == np.uint8 for f in frames)
-        assert [read_marker(f.image) for f in frames] == list(range(30))
+        # Every frame of the clip reached the source; the consumer got them all unless a loaded machine
+        # delayed it past a frame interval, when the latest policy drops (and counts) the older one.
         stats = source.stats()
-        assert (stats.frames, stats.delivered, stats.dropped, stats.kind) == (30, 30, 0, "webrtc")
+        assert (stats.frames, stats.kind) == (30, "webrtc")
+        assert stats.delivered == len(frames) and stats.delivered + stats.dropped == 30
+        assert len(frames) >= 20 and frames[-1].index == 29
+        indices = [f.index for f in frames]
+        assert indices == sorted(set(indices))
+        assert [round(f.pts * 30) for f in frames] == indices  # pts is the clip's own time of that frame
+        assert [read_marker(f.image) for f in frames] == indices  # and the picture is that frame
+        assert all(f.image.shape == (360, 640, 3) and f.image.dtype == np.uint8 for f in frames)
 
     run_async(scenario())
 
