@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-every", type=int, default=None, metavar="N",
         help="run the face detector on every Nth scored frame and interpolate faces between two agreeing "
-        "detections (default 3; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
+        "detections (default 5; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
     )
     p.add_argument(
         "--batch", type=_batch, default=None, metavar="N|auto",

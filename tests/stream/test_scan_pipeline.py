@@ -24,7 +24,7 @@ from swapwatch.stream.cli import main
 from swapwatch.stream.faces.align import align_face
 from swapwatch.stream.faces.pipeline import read_image
 from swapwatch.stream.scan.progress import ScanProgress, progress_enabled
-from swapwatch.stream.scanner import Scanner
+from swapwatch.stream.scanner import DEFAULT_DETECT_EVERY, Scanner
 from swapwatch.train.data.media import read_frames
 from tests.stream.conftest import ClipFactory
 
@@ -184,7 +184,8 @@ def test_interpolation_detects_less_and_keeps_scores_close(scanner: Scanner, cli
 
 def test_interpolation_detects_every_frame_across_a_scene_cut(scanner: Scanner, tmp_path: Path) -> None:
     # 10 frames of the astronaut, then 10 of the six-face group photo: the cut sits between keyframes
-    # 8 and 12, so frames 9-11 must be detected one by one (and get six faces from frame 10 on).
+    # 8 and 12, which disagree, so frame 10 is detected, then frame 9 (8 and 10 disagree too); frame 11
+    # lies between 10 and 12, in one shot, and is interpolated.
     astro = cv2.resize(read_image(sample_face_images()["astronaut"]), (640, 640))[:360]
     group = cv2.resize(read_image(sample_face_images()["group_t1"]), (640, 360))
     clip = tmp_path / "cut.mp4"
@@ -198,8 +199,9 @@ def test_interpolation_detects_every_frame_across_a_scene_cut(scanner: Scanner, 
             c.mux(p)
     (row,) = with_settings(scanner, detect_every=4).scan_paths([clip])
     detail = {d["frame"]: d["faces"] for d in row["detail"]}
-    assert all(f["detected"] for i in (9, 10, 11) for f in detail[i])
-    assert len(detail[9]) == 1 and len(detail[10]) > 1
+    assert all(f["detected"] for i in (8, 9, 10, 12) for f in detail[i])
+    assert len(detail[9]) == 1 and len(detail[10]) > 1 and len(detail[11]) == len(detail[12])
+    assert not any(f["detected"] for f in detail[11])
     assert not any(f["detected"] for f in detail[1])  # within the first shot: interpolated
 
 
@@ -259,7 +261,7 @@ def test_cli_writes_results_and_stats_and_no_progress_when_not_a_terminal(
     out, stats = tmp_path / "r.jsonl", tmp_path / "stats.json"
     assert main(["scan", str(clip_360p), "--max-frames", "8", "--out", str(out), "--stats", str(stats)]) == 0
     (row,) = map(json.loads, out.read_text().splitlines())
-    assert row["frames"] == 8 and row["detect_every"] == 4
+    assert row["frames"] == 8 and row["detect_every"] == DEFAULT_DETECT_EVERY
     assert json.loads(stats.read_text())["frames"] == 8
     err = capsys.readouterr().err
     assert "fps" not in err and "━" not in err

@@ -7,8 +7,9 @@ on the frames between by linear interpolation of its box and five landmarks, the
 it there as usual. Interpolation between two real detections is much closer to what the detector
 would have said than extrapolation from one (measured: docs/scan.md).
 
-The keyframes must agree, otherwise the frames between are detected one by one, exactly as with
-detection on every frame:
+The keyframes must agree; otherwise the middle frame is detected and each half is tried again, down
+to detecting frame by frame (so a window with a cut costs about log2(N) extra detections, and frames
+next to the cut get their own detection, exactly as with detection on every frame). Agreeing means:
 - the same number of faces, each with exactly one candidate on the other keyframe: IoU >= `min_iou` or
   centres within one face size, and sizes within 1.5x (see `pair_cost`); two faces close enough to
   be confused make the window detected frame by frame;
@@ -156,27 +157,45 @@ class KeyframeInterpolator:
     def _resolve(self) -> list[tuple[FrameJob, list[PlacedFace]]]:
         assert self._key is not None
         key_job, key_faces = self._key
-        *between, last = self._held
-        last_faces = self._detect(last.image)
-        pairs = self._agree(key_faces, last_faces)
-        out = []
-        if pairs is not None:
-            span = float(last.index - key_job.index)
-            for job in between:
-                w = (job.index - key_job.index) / span
-                faces = [_lerp(key_faces[i], last_faces[j], w) for i, j in pairs]
-                out.append(self._emit(job, faces, detected=False))
-        else:
-            out.extend(self._emit(job, self._detect(job.image), detected=True) for job in between)
-        out.append(self._emit(last, last_faces, detected=True))
-        self._key, self._held, self._thumbs = (last, last_faces), [], [self._thumbs[-1]]
+        jobs = [key_job, *self._held]
+        faces: list[list[Face] | None] = [key_faces] + [None] * len(self._held)
+        detected = [True] + [False] * len(self._held)
+        faces[-1], detected[-1] = self._detect(jobs[-1].image), True
+        self._fill(jobs, faces, detected, 0, len(jobs) - 1)
+        out = [self._emit(job, f or [], d) for job, f, d in zip(jobs[1:], faces[1:], detected[1:])]
+        self._key, self._held, self._thumbs = (jobs[-1], faces[-1] or []), [], [self._thumbs[-1]]
         return out
 
-    def _agree(self, a: list[Face], b: list[Face]) -> list[tuple[int, int]] | None:
-        """The keyframe pairs when the frames between can be interpolated, else None."""
+    def _fill(
+        self, jobs: list[FrameJob], faces: list[list[Face] | None], detected: list[bool], lo: int, hi: int
+    ) -> None:
+        """Faces for the frames strictly between positions lo and hi, whose faces are known (detected).
+
+        Interpolate when the two ends agree; otherwise detect the middle frame and do each half, so a
+        window with a cut costs about log2(N) extra detections rather than N - 1.
+        """
+        if hi - lo < 2:
+            return
+        a, b = faces[lo], faces[hi]
+        assert a is not None and b is not None
+        pairs = self._agree(a, b, lo, hi)
+        if pairs is not None:
+            span = float(jobs[hi].index - jobs[lo].index)
+            for k in range(lo + 1, hi):
+                w = (jobs[k].index - jobs[lo].index) / span
+                faces[k] = [_lerp(a[i], b[j], w) for i, j in pairs]
+            return
+        mid = (lo + hi) // 2
+        faces[mid], detected[mid] = self._detect(jobs[mid].image), True
+        self._fill(jobs, faces, detected, lo, mid)
+        self._fill(jobs, faces, detected, mid, hi)
+
+    def _agree(self, a: list[Face], b: list[Face], lo: int = 0, hi: int = -1) -> list[tuple[int, int]] | None:
+        """The pairs of faces when the frames between positions lo and hi can be interpolated, else None."""
         if len(a) != len(b):
             return None
-        diffs = [float(np.abs(y - x).mean()) for x, y in zip(self._thumbs, self._thumbs[1:])]
+        thumbs = self._thumbs[lo : (hi + 1 if hi >= 0 else None)]
+        diffs = [float(np.abs(y - x).mean()) for x, y in zip(thumbs, thumbs[1:])]
         if diffs and max(diffs) >= self.cut_threshold:
             return None
         candidates = candidate_pairs([f.box for f in a], [f.box for f in b], self.min_iou)
