@@ -17,7 +17,8 @@ Backends (FACTS.md, "Video"):
   that due time (the frame's capture moment) and the connection's frame counter. The server loads
   glass_stamp.py from this package by file path, so sender and receiver share one implementation.
   A pusher that wakes late does not move the stamp: the lateness counts as latency, as a camera's
-  capture clock would not wait either.
+  capture clock would not wait either. When the encoder cannot keep up, at most two frames wait for
+  it and older ones are dropped (they show as gaps in the frame counter), as a camera drops frames.
 - `listen` (fallback when GStreamer is not installed): the roles swap. The reader opens the URL with
   `rtsp_flags=listen` (it becomes the RTSP server) and a publisher process (the venv's python with
   PyAV; the machines have no ffmpeg CLI) pushes the clip to it over TCP, paced at its frame rate.
@@ -94,7 +95,9 @@ with open(args.raw, "rb") as f:
     DATA = f.read()
 N_FRAMES = len(DATA) // FRAME_BYTES
 DURATION = Gst.SECOND // args.fps
-LIVE = "is-live=true do-timestamp=true " if stamp is not None else ""
+# Stamped (camera) mode: a live source; when the encoder falls behind, the oldest waiting frames are
+# dropped (at most 2 wait), as a camera drops frames, instead of queueing up seconds of latency.
+LIVE = "is-live=true do-timestamp=true max-buffers=2 max-bytes=0 leaky-type=downstream " if stamp is not None else ""
 LAUNCH = (
     f"( appsrc name=src format=time {LIVE}"
     f"caps=video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1 "
