@@ -10,22 +10,25 @@ What runs, each as its own subprocess timed from start to exit (imports and mode
   sides compute the same thing and differ only in how the work is arranged. Its ORT sessions are tuned
   as ours are (explicit CPU provider, intra-op spinning off, full graph optimisation); it runs with 1
   and with 2 intra-op threads, and the faster of the two is the baseline (the table says which).
-- (b) `scan`: `swapwatch scan CLIP --out ...` with its defaults (detection on every frame).
-- (c) `scan --detect-every 3` (unless `--no-tracking`): the monitor's detect-every-N + tracker.
+- (b) `scan`: `swapwatch scan CLIP --out ...` with its defaults (detection on every 5th frame,
+  faces interpolated between agreeing detections, every frame aligned and scored).
+- (c) `scan-detectN` for each `--detect-every N` (default: N = 1, detection on every frame, which
+  must reproduce (a)'s scores).
 Runs alternate (a1, a2, b, c, a1, a2, b, c, ...) `--repeats` times, so load from other processes
-falls on all of them alike; the load average is recorded next to each run. Per-frame scores of every
-variant are compared with (a): detection on every frame should agree to rounding; tracking moves them
-a little, and how much is reported. Writes `results.json`, `scan_vs_sequential.png` and prints a table.
+falls on all of them alike; the load average and the child's CPU seconds are recorded with each run.
+Per-frame scores of every variant are compared with (a)'s: detection on every frame agrees to
+rounding; interpolation moves them a little, and by how much is reported. Writes `results.json`,
+`scan_vs_sequential.png` and prints a table.
 
 The default clip is 720p (1280x720, 30 fps) made from up to 10 videos in ../shared/data/real/videos
-(60 frames each, letterboxed); when that folder is missing the benchmark says so and exits 0 (pass
-a clip instead). The clip is written under --out and never committed.
+(60 frames each, letterboxed, so it has 10 shots); when that folder is missing the benchmark says so
+and exits 0 (pass a clip instead). The clip is written under --out and never committed.
 
-Where (b)'s gain over (a) comes from (see swapwatch/stream/scanner.py): overlap of decode, detection
-and scoring on the two cores (two face workers), and batched scoring across frames. On these 2 cores
-the detector is ~60-70% of the work per frame and cannot be made cheaper without changing results, so
-(b) is bounded by how much of the second core it gets: on an idle machine the overlap gives most of it,
-on a busy one much less. (c) does less work (one detection per 3 frames), which holds up under load.
+Where (b)'s gain comes from (see swapwatch/stream/scanner.py): mostly from running the detector, ~70%
+of (a)'s CPU per frame, on about a quarter of the frames; then from overlapping decode, faces and
+scoring on the two cores, which only pays when a core is free. The CPU column shows the first part
+alone: it does not depend on what else runs on the machine. Batched scoring saves no CPU on these
+cores. (c) with N = 1 shows what the pipeline alone gives.
 """
 
 from __future__ import annotations

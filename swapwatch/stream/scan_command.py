@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch", type=_batch, default=None, metavar="N|auto",
         help="crops per inference call, across frames and files (default 8; 'auto' measures the engine first)",
     )
-    p.add_argument("--workers", type=int, help="face-stage threads (default: 2 when detecting every frame, 1 when tracking)")
+    p.add_argument("--workers", type=int, help="face-stage worker threads: alignment, and detection too with --detect-every 1 (default 2)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session (default 1)")
     p.add_argument("--stats", type=Path, help="write the run's counters (frames, faces, batches, peak queue sizes) as JSON")
 

@@ -1,9 +1,12 @@
 """The offline scanner behind `swapwatch scan`: every face in images and videos, scored in a pipeline.
 
-    decode thread ──frames (bounded)──> face workers ──faces (bounded)──> scorer (caller's thread)
-    PyAV, BGR                           detect/track, align,              reorder by seq, batch crops
-                                        preprocess                         across frames and files,
-                                                                           infer, one result per file
+    decode ──frames──> locate ──located──> face workers ──faces──> scorer (the caller's thread)
+    PyAV, BGR          detect every Nth    align, preprocess       reorder by seq, batch crops
+                       frame, interpolate  (2 threads)             across frames and files, infer,
+                       between (1 thread)                          one result per file, in order
+
+With `detect_every=1` there is no locate step: the face workers detect on every frame themselves.
+Every arrow is a bounded queue.
 
 Where the speed comes from (bench/scan_vs_sequential.py runs the scan side by side with a plain
 decode -> detect -> align -> score-one-face loop on a 720p clip; docs/scan.md has the numbers):
@@ -13,8 +16,11 @@ decode -> detect -> align -> score-one-face loop on a 720p clip; docs/scan.md ha
   agree (same faces, no scene cut; see swapwatch/stream/scan/interpolate.py); where they do not, the
   frames between are detected. This is where most of the gain comes from, and it holds up when other
   processes take the cores. Every frame is still aligned and scored.
-- Overlap. PyAV, OpenCV and ONNX Runtime release the GIL, so decoding frame k+1, finding faces on k and
-  scoring k-1 run at once on the two cores. This adds to the gain only when a core is free.
+- Overlap. PyAV, OpenCV and ONNX Runtime release the GIL, so decoding, detection, alignment and
+  scoring of neighbouring frames run at once on the two cores, in stages of similar cost (per 720p
+  frame about 1.5 ms decode, 3.5 ms detection at N=5, 2.5 ms alignment, 2.7 ms scoring). On a busy
+  machine this still matters: the kernel shares cores per runnable thread, and a plain loop with two
+  intra-op threads takes a larger share than a pipeline with one busy thread would.
 - Batching crops across frames and files (`batch`, default 8). On these CPUs it saves no CPU (the
   default model costs ~2.4-2.7 ms per face at batch 1 to 16, one thread), but it costs nothing either
   and is what makes a GPU engine fast; `batch="auto"` profiles the engine at start instead.
@@ -27,9 +33,10 @@ gives exactly the plain loop's scores, at roughly the plain loop's speed on two 
 stage then runs two workers sharing the detector session). What interpolation can miss: a face
 that is on screen for less than `detect_every` frames between two keyframes without it.
 
-Memory: the frame queue holds at most `frame_queue` decoded frames (8 x 2.7 MB at 720p), the face
-queue `face_queue` frames' crops, and each file keeps only its per-frame detail; a long video does not
-grow the process beyond that (tests check the peak queue sizes).
+Memory: the frame and located queues hold at most `frame_queue` decoded frames each (8 x 2.7 MB at
+720p), the interpolator `detect_every` more, the face queue `face_queue` frames' crops, and each file
+keeps only its per-frame detail; a long video does not grow the process beyond that (tests check the
+peak queue sizes).
 
 Failures: an unreadable file (missing, empty, corrupt, truncated to nothing, an image that does not
 decode) gets its own result with `error` and the scan goes on; a video that breaks partway keeps the
@@ -91,20 +98,21 @@ class ScanSettings(StrictModel):
     )
     workers: int | None = Field(
         None, ge=1, le=16,
-        description="Face-stage threads (detect + align). Default: 2 when detecting every frame on a "
-        "machine with 2+ cores, 1 when tracking (a tracker sees its frames in order).",
+        description="Face-stage worker threads (align + preprocess, and detection too when detect_every is 1). "
+        "Default: 2 on a machine with 2+ cores, else 1.",
     )
     threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session (detector, model).")
-    frame_queue: int = Field(8, ge=1, le=1024, description="Decoded frames that may wait for the face stage.")
+    frame_queue: int = Field(
+        8, ge=1, le=1024,
+        description="Decoded frames that may wait for the face stage (and, when interpolating, located frames "
+        "that may wait for alignment).",
+    )
     face_queue: int = Field(32, ge=1, le=4096, description="Frames' crops that may wait for the scorer.")
 
     def face_workers(self) -> int:
         if self.workers is not None:
-            if self.detect_every > 1 and self.workers > 1:
-                log.info("scan: tracking (detect_every=%d) runs one face worker, not %d", self.detect_every, self.workers)
-                return 1
             return self.workers
-        return 1 if self.detect_every > 1 else max(1, min(2, os.cpu_count() or 1))
+        return max(1, min(2, os.cpu_count() or 1))
 
 
 @dataclass
@@ -118,6 +126,7 @@ class ScanStats:
     batches: int = 0
     peak_frame_queue: int = 0
     peak_face_queue: int = 0
+    peak_located_queue: int = 0
     peak_reorder: int = 0
     peak_pending: int = 0
     frame_queue_size: int = 0
@@ -205,34 +214,49 @@ class Scanner:
         faces_q: StageQueue[Item] = StageQueue("faces", s.face_queue, stop)
         decoder = Decoder(s.every, s.max_frames, s.crops, s.detect_every)
         stage = FaceStage(self.detector, self.engine, s.detect_every)
+        # Interpolation: decode -> frames -> locate (1 thread, in order) -> located -> workers -> faces.
+        # Detection on every frame: decode -> frames -> workers (detect + align) -> faces.
+        located_q: StageQueue[Item] | None = StageQueue("located", s.frame_queue, stop) if stage.interpolating else None
+        work_q = located_q if located_q is not None else frames_q
 
         def decode() -> None:
             try:
                 for item in decoder.items(files, stop.is_set):
                     frames_q.put(item)
-                for _ in range(workers):
+                for _ in range(1 if located_q is not None else workers):
                     frames_q.put(StageDone())
             except Stopped:
                 pass
             except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
                 _fail(faces_q, "decode", err)
 
-        def faces() -> None:
+        def locate() -> None:
+            assert located_q is not None
             try:
-                while True:
-                    item = frames_q.get()
-                    if isinstance(item, StageDone):
-                        faces_q.put(item)
-                        return
-                    for ready in stage.handle(item):
-                        faces_q.put(ready)
+                while not isinstance(item := frames_q.get(), StageDone):
+                    for ready in stage.locate(item):
+                        located_q.put(ready)
+                for _ in range(workers):
+                    located_q.put(StageDone())
+            except Stopped:
+                pass
+            except BaseException as err:  # noqa: BLE001
+                _fail(faces_q, "locate", err)
+
+        def finish() -> None:
+            try:
+                while not isinstance(item := work_q.get(), StageDone):
+                    faces_q.put(stage.finish(item))
+                faces_q.put(item)
             except Stopped:
                 pass
             except BaseException as err:  # noqa: BLE001
                 _fail(faces_q, "faces", err)
 
         threads = [threading.Thread(target=decode, name="scan-decode", daemon=True)]
-        threads += [threading.Thread(target=faces, name=f"scan-faces-{i}", daemon=True) for i in range(workers)]
+        if located_q is not None:
+            threads.append(threading.Thread(target=locate, name="scan-locate", daemon=True))
+        threads += [threading.Thread(target=finish, name=f"scan-faces-{i}", daemon=True) for i in range(workers)]
         for t in threads:
             t.start()
         assembler = _Assembler(self.engine, self.batch, stats, progress)
@@ -261,6 +285,7 @@ class Scanner:
                 t.join(timeout=5.0)
             stats.peak_frame_queue = frames_q.peak
             stats.peak_face_queue = faces_q.peak
+            stats.peak_located_queue = located_q.peak if located_q is not None else 0
             stats.detections = stage.detections
             stats.wall_s = time.perf_counter() - started
 

@@ -123,9 +123,9 @@ def test_a_long_video_goes_through_bounded_queues(scanner: Scanner, make_clip: C
     assert row["frames"] == 300 and st.frames == 300
     # The decoder outruns the face stage, so the frame queue fills up to its bound and no further.
     assert st.peak_frame_queue == 4
-    assert st.peak_face_queue <= 6
-    # Items waiting to be put back in order: at most what the queues and one interpolation window hold.
-    assert st.peak_reorder <= 6 + 4 + 1
+    assert st.peak_face_queue <= 6 and st.peak_located_queue <= 4
+    # Items waiting to be put back in order: at most what the face queue and the workers hold.
+    assert st.peak_reorder <= 6 + st.workers + 1
     assert st.peak_pending <= 256
 
 

@@ -115,7 +115,7 @@ class Decoder:
             yield FileEnd(self._next(), file, error=err.reason)
             return
         yield FileStart(self._next(), file, path, kind, 1)
-        yield FrameJob(self._next(), file, 0, 0.0, image)
+        yield FrameJob(self._next(), file, 0, 0.0, image, kind)
         yield FileEnd(self._next(), file, frames=1)
 
     def _video(self, file: int, path: Path) -> Iterator[Item]:

@@ -1,15 +1,18 @@
-"""The face stage: detect (or interpolate), align on the shared template and preprocess each frame's faces.
+"""The face stage: find each frame's faces, align them on the shared template, preprocess the crops.
 
-Two modes, chosen by `detect_every`:
-- 1: the detector runs on every frame, exactly as a plain loop would, so scores are the ones the
-  sequential path gives. Frames are independent, so several workers can share one detector session
-  (ONNX Runtime sessions accept concurrent `run` calls; with intra-op threads = 1 each call runs on
-  its caller's thread) and frames are put back in order downstream.
-- N > 1: `KeyframeInterpolator` (swapwatch/stream/scan/interpolate.py) detects every Nth frame and
-  interpolates each face's box and landmarks between two agreeing detections, falling back to
-  detecting every frame between them when they do not agree (faces came or went, a scene cut).
-  It holds a file's frames in order, so this mode runs one worker; the decode and scoring stages
-  still overlap with it.
+It is split in two steps so that the part that must see frames in order stays small:
+- `locate` (one thread, interpolation mode only): `KeyframeInterpolator` (scan/interpolate.py) runs
+  the detector on every Nth frame and interpolates each face's box and landmarks between two
+  agreeing detections, detecting the frames between when they disagree (faces came or went, a cut).
+  It needs a file's frames in order, so it is one thread, and it does nothing but detection and
+  bookkeeping: about a fifth of the detector's work of a plain loop.
+- `finish` (several worker threads): aligns and preprocesses the faces `locate` placed; with
+  detection on every frame (`detect_every=1`) it also runs the detector itself, frames being
+  independent then. Workers share one detector session (ONNX Runtime accepts concurrent `run` calls;
+  with intra-op threads = 1 each call runs on its caller's thread). Frames come out of the workers
+  in any order and are put back in order downstream.
+Keeping two or more threads busy matters on a shared machine too: the kernel shares the cores per
+runnable thread, so a pipeline with one busy thread loses its share to a loop running two.
 
 Crops leave this stage preprocessed (float32 NCHW, via `engine.preprocess`), so the scorer's thread
 only concatenates and runs inference, and the frame image is dropped here.
@@ -37,11 +40,9 @@ def _box(box: np.ndarray) -> tuple[float, float, float, float]:
 
 
 class FaceStage:
-    """Turns `FrameJob`s into `FaceFrame`s; other items pass through. `handle` returns the items now
-    ready (in interpolation mode a frame may wait for the next keyframe, so zero or several).
+    """`locate(item)` (one thread; only needed when `interpolating`) then `finish(item)` (any thread).
 
-    `engine` is only used for its `input_size`, its alignment margin and `preprocess`. In
-    interpolation mode one thread must call `handle`; with detection on every frame, several may.
+    `engine` is only used for its `input_size`, its alignment margin and `preprocess`.
     """
 
     def __init__(self, detector: FaceDetector, engine: Any, detect_every: int = 1) -> None:
@@ -52,42 +53,62 @@ class FaceStage:
         self.size = int(engine.input_size)
         self.margin = float(engine.meta.alignment.margin)
         self.detect_every = detect_every
-        self._kinds: dict[int, str] = {}
         self._interp: dict[int, KeyframeInterpolator] = {}
         self._lock = threading.Lock()
         self.detections = 0
+
+    @property
+    def interpolating(self) -> bool:
+        return self.detect_every > 1
 
     def _count_detection(self) -> None:
         with self._lock:
             self.detections += 1
 
-    def handle(self, item: Item) -> list[Item]:
+    # --- step 1: in order, one thread -------------------------------------------------------------
+
+    def locate(self, item: Item) -> list[Item]:
+        """Place faces on video frames by keyframe detection + interpolation; returns the items now
+        ready, in order (a frame waits for the next keyframe, so zero or several)."""
         if isinstance(item, FrameJob):
             interp = self._interp.get(item.file)
             if interp is None:
-                return [self._frame(item)]
+                return [item]
             try:
-                return [self._placed(job, faces) for job, faces in interp.push(item)]
+                ready = interp.push(item)
             except (SwapwatchError, ValueError) as err:  # the detector refused this frame
                 return [FaceFrame(item.seq, item.file, item.index, error=str(err))]
+            for job, faces in ready:
+                job.placed = faces
+            return [job for job, _ in ready]
         if isinstance(item, FileStart):
-            self._kinds[item.file] = item.kind
-            if item.kind == "video" and self.detect_every > 1:
+            if item.kind == "video" and self.interpolating:
                 self._interp[item.file] = KeyframeInterpolator(
                     self.detector, self.detect_every, on_detect=self._count_detection
                 )
             return [item]
         if isinstance(item, FileEnd):
-            self._kinds.pop(item.file, None)
             interp = self._interp.pop(item.file, None)
-            ready: list[Item] = []
+            ready_jobs: list[Item] = []
             if interp is not None:
                 try:
-                    ready = [self._placed(job, faces) for job, faces in interp.finish()]
+                    for job, faces in interp.finish():
+                        job.placed = faces
+                        ready_jobs.append(job)
                 except (SwapwatchError, ValueError) as err:
                     item.warning = item.warning or f"the last frames could not be processed: {err}"
-            return [*ready, item]
+            return [*ready_jobs, item]
         return [item]
+
+    # --- step 2: any order, any number of threads ---------------------------------------------------
+
+    def finish(self, item: Item) -> Item:
+        """A `FrameJob` becomes a `FaceFrame` (crops aligned and preprocessed); other items pass."""
+        if not isinstance(item, FrameJob):
+            return item
+        if item.placed is not None:
+            return self._placed(item, item.placed)
+        return self._detect_and_align(item)
 
     def _crops(self, out: FaceFrame, crops: Sequence[np.ndarray]) -> FaceFrame:
         if crops:
@@ -103,10 +124,10 @@ class FaceStage:
         except (SwapwatchError, ValueError) as err:
             return FaceFrame(job.seq, job.file, job.index, error=str(err))
 
-    def _frame(self, job: FrameJob) -> FaceFrame:
+    def _detect_and_align(self, job: FrameJob) -> FaceFrame:
         out = FaceFrame(job.seq, job.file, job.index)
         try:
-            if self._kinds.get(job.file) == "crop":
+            if job.kind == "crop":
                 out.faces = [FaceInfo(box=None, det_score=None)]
                 return self._crops(out, [resize_crop(job.image, self.size)])
             faces = self.detector.detect(job.image)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,13 +30,19 @@ class FileStart:
 
 @dataclass
 class FrameJob:
-    """A decoded frame (or still image) on its way to the face stage. `t` is its time in seconds."""
+    """A decoded frame (or still image) on its way to the face stage. `t` is its time in seconds.
+
+    `placed` is filled by the locate step when faces come from keyframe interpolation: the faces'
+    boxes and landmarks on this frame, so only alignment is left to do (by any worker).
+    """
 
     seq: int
     file: int
     index: int
     t: float
     image: np.ndarray
+    kind: Kind = "video"
+    placed: list[Any] | None = None
 
 
 @dataclass
