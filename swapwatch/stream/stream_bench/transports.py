@@ -9,12 +9,11 @@ benchmark; `sender_cpu_s()` says how much they used so the numbers can be read w
   connection gets its own pipeline (x264 encoder, frame counter), so `copies` readers of one URL are
   `copies` independent cameras. Needs Debian's GStreamer RTSP server; its absence is an error that
   names the apt packages.
-- `webrtc`: an aiohttp app in this process with the WHIP routes (server/whip.py) receives; one aiortc
-  `FileTrack` per copy publishes to it (whip_client.py) through a real peer connection (ICE, DTLS,
-  SRTP, VP8), drawing the glass stamp in its transform hook as each frame is sent. Sender, receiver
-  and monitor share one event loop and one process here; in production they would not, which makes
-  these numbers a little pessimistic. aioice offers no 127.0.0.1 candidate (FACTS.md), so the machine
-  needs a non-loopback IPv4 address.
+- `webrtc`: an aiohttp app in this process with the WHIP routes (server/whip.py) receives, as
+  `swapwatch serve` does; a sender process per input (webrtc_sender.py) publishes one aiortc
+  `FileTrack` per copy to it (whip_client.py) through a real peer connection (ICE, DTLS, SRTP, VP8),
+  drawing the glass stamp in its transform hook as each frame is sent. aioice offers no 127.0.0.1
+  candidate (FACTS.md), so the machine needs a non-loopback IPv4 address.
 - `file`: the monitor's paced file source reads a prepared H.264 file (the sender's encoding) at its
   frame rate with the `latest` policy, as a live camera would deliver it. No stamp is drawn; the
   glass time is the frame's place on the file's schedule (see recorder.py).
@@ -24,17 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import resource
 import socket
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from swapwatch.errors import SwapwatchError
-from swapwatch.stream.glass_stamp import draw_stamp, now_us
 from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, raw_frames
 
 log = logging.getLogger(__name__)
@@ -148,25 +146,24 @@ class FileTransport(Transport):
         ]
 
 
-class StampHook:
-    """A FileTrack transform: draws the glass stamp (send time now, and a per-track counter) into each frame."""
-
-    def __init__(self) -> None:
-        self._seq = itertools.count()
-
-    def __call__(self, image: Any, _t_send_wall: float) -> Any:
-        draw_stamp(image, now_us(), next(self._seq))
-        return image
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class WebRtcTransport(Transport):
     via = "webrtc"
+    READY_TIMEOUT_S = 60.0
 
     def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
         super().__init__(inputs, workdir, seconds_needed)
         self.runner: Any = None
         self.url = ""
-        self.sessions: list[Any] = []
+        self.senders: list[asyncio.subprocess.Process] = []
         self.arrived: dict[str, Any] = {}
         self._arrival = asyncio.Event()
 
@@ -198,23 +195,27 @@ class WebRtcTransport(Transport):
         self.url = f"http://127.0.0.1:{port}/whip"
 
     async def open(self, copies: int) -> list[Any]:
-        from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
-
         names: list[str] = []
         for item in self.inputs:
-            for k in range(1, copies + 1):
-                name = f"{item.name}-{k}"
-                track = FileTrack(item.source, loop=True, size=(item.width, item.height), transform=StampHook())
-                try:
-                    session = await publish(f"{self.url}/{name}", track, codec="vp8")
-                    self.sessions.append(session)
-                    await session.wait_connected(timeout=15.0)
-                except WhipClientError as err:
-                    raise TransportUnavailable(
-                        f"WebRTC publishing to the benchmark's own WHIP endpoint failed: {err}. aioice offers "
-                        "no 127.0.0.1 candidate, so this machine needs a non-loopback IPv4 address"
-                    ) from None
-                names.append(name)
+            batch = [f"{item.name}-{k}" for k in range(1, copies + 1)]
+            names += batch
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "swapwatch.stream.stream_bench.webrtc_sender", "--url", self.url,
+                "--size", f"{item.width}x{item.height}", str(item.source), *batch,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            self.senders.append(proc)
+            assert proc.stdout is not None
+            try:
+                line = (await asyncio.wait_for(proc.stdout.readline(), self.READY_TIMEOUT_S)).decode().strip()
+            except TimeoutError:
+                line = f"ERROR no peer connection came up in {self.READY_TIMEOUT_S:g} s"
+            if line != "READY":
+                reason = line.removeprefix("ERROR ").strip() or f"the sender process exited ({proc.returncode})"
+                raise TransportUnavailable(
+                    f"WebRTC publishing to the benchmark's own WHIP endpoint failed: {reason}. aioice offers no "
+                    "127.0.0.1 candidate, so this machine needs a non-loopback IPv4 address"
+                )
         deadline = asyncio.get_running_loop().time() + 15.0
         while not all(n in self.arrived for n in names):
             self._arrival.clear()
@@ -227,8 +228,16 @@ class WebRtcTransport(Transport):
         return [self.arrived[n] for n in names]
 
     async def close_run(self) -> None:
-        sessions, self.sessions = self.sessions, []
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        senders, self.senders = self.senders, []
+        for proc in senders:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in senders:
+            try:
+                await asyncio.wait_for(proc.wait(), 10.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         for _ in range(50):  # let the server side see the hang-ups before the next run reuses the names
             if not self.arrived:
                 break
@@ -241,7 +250,10 @@ class WebRtcTransport(Transport):
             self.runner = None
 
     def sender_cpu_s(self) -> float | None:
-        return None  # sender and receiver share this process: see the run's process CPU instead
+        values = [proc_cpu_s(p.pid) for p in self.senders if p.returncode is None]
+        if not values or any(v is None for v in values):
+            return None
+        return float(sum(values))  # type: ignore[arg-type]
 
 
 def make_transport(via: str, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> Transport:
