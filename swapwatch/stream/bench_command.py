@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="a stream count holds in real time when its p95 glass-to-score is at most this (default 250)")
     stream.add_argument("--max-drop", type=float, default=0.01,
                         help="... and it dropped at most this fraction of the sender's frames (default 0.01)")
+    stream.add_argument("--queue-size", type=int, metavar="N",
+                        help="frames each stream's latest-frame queue holds for the monitor (default: the monitor's "
+                        "own, 1); more absorbs bursty delivery at the cost of waiting frames")
     stream.add_argument("--clip-seconds", type=float, default=10.0, metavar="S",
                         help="replay at most this much of each file, looped (default 10)")
     stream.add_argument("--ceiling-seconds", type=float, default=2.0, metavar="S",
@@ -139,7 +142,7 @@ def run_stream(args: argparse.Namespace) -> int:
         "sources": list(args.sources), "via": args.via, "streams": args.streams, "duration_s": args.duration,
         "warmup_s": args.warmup, "engine": args.engines[0] if args.engines else None, "backend": args.backend[0],
         "size": size, "clip_seconds": args.clip_seconds, "p95_ms": args.p95_ms, "max_drop": args.max_drop,
-        "ceiling_s": args.ceiling_seconds, "out": out,
+        "ceiling_s": args.ceiling_seconds, "queue_size": args.queue_size, "out": out,
     }, source="swapwatch bench options")
     console = Console(stderr=True)
     result = run_stream_bench(settings, console)

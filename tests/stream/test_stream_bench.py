@@ -120,6 +120,7 @@ def test_an_unreadable_source_is_a_usage_error_naming_it(tmp_path: Path, capsys:
         (["--size", "641x360"], "size"),
         (["--streams", "0"], "streams"),
         (["--duration", "-1"], "duration_s"),
+        (["--queue-size", "0"], "queue_size"),
         (["--engine", "a.onnx", "--engine", "b.onnx"], "--engine"),
     ],
 )

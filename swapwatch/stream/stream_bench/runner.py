@@ -90,7 +90,7 @@ class StreamBench:
         if s.engine is not None:
             overrides["engine.model"] = str(s.engine)
         cfg = load_monitor_config(None, overrides)
-        transport = make_transport(s.via, inputs, self.workdir, s.warmup_s + s.duration_s + 5.0)
+        transport = make_transport(s.via, inputs, self.workdir, s.warmup_s + s.duration_s + 5.0, s.queue_size)
         codec = "vp8" if s.via == "webrtc" else "h264"
         self.say(f"preparing {len(inputs)} input(s) for --via {s.via} in {self.workdir}")
         ceiling_files = [await asyncio.to_thread(encoded_file, item, self.workdir / "encoded", 0.0, codec)

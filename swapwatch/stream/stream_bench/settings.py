@@ -39,6 +39,11 @@ class StreamBenchSettings(StrictModel):
         description="At most this many seconds of each source are replayed (looped as needed); bounds the "
         "raw frames the RTSP sender keeps in memory (1.4 MB per 720p frame).",
     )
+    queue_size: int | None = Field(
+        None, ge=1, le=16,
+        description="Frames each stream's latest-frame queue holds for the monitor; null: the monitor's default "
+        "for live streams (1). A larger queue absorbs bursty delivery (WebRTC) at the cost of waiting frames.",
+    )
     p95_ms: float = Field(
         250.0, gt=0.0, description="A stream count holds in real time when the p95 glass-to-score is at most this."
     )

@@ -54,10 +54,12 @@ class Transport(ABC):
     via: str
     stamped: bool = True
 
-    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float,
+                 queue_size: int | None = None) -> None:
         self.inputs = inputs
         self.workdir = workdir
         self.seconds_needed = seconds_needed
+        self.queue_size = queue_size
 
     async def start(self) -> None:
         """Prepare and start the senders (once per benchmark)."""
@@ -80,8 +82,9 @@ class Transport(ABC):
 class RtspTransport(Transport):
     via = "rtsp"
 
-    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
-        super().__init__(inputs, workdir, seconds_needed)
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float,
+                 queue_size: int | None = None) -> None:
+        super().__init__(inputs, workdir, seconds_needed, queue_size)
         self.servers: list[Any] = []
 
     async def start(self) -> None:
@@ -108,7 +111,7 @@ class RtspTransport(Transport):
         from swapwatch.stream.sources import SourceConfig, open_source
 
         return [
-            open_source(SourceConfig(url=server.url, name=f"{item.name}-{k}"))
+            open_source(SourceConfig(url=server.url, name=f"{item.name}-{k}", queue_size=self.queue_size))
             for item, server in zip(self.inputs, self.servers, strict=True)
             for k in range(1, copies + 1)
         ]
@@ -127,8 +130,9 @@ class FileTransport(Transport):
     via = "file"
     stamped = False
 
-    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
-        super().__init__(inputs, workdir, seconds_needed)
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float,
+                 queue_size: int | None = None) -> None:
+        super().__init__(inputs, workdir, seconds_needed, queue_size)
         self.files: list[Path] = []
 
     async def start(self) -> None:
@@ -140,7 +144,7 @@ class FileTransport(Transport):
 
         return [
             open_source(SourceConfig(url=str(path), name=f"{item.name}-{k}", realtime=True, policy="latest",
-                                     live=False))
+                                     live=False, queue_size=self.queue_size))
             for item, path in zip(self.inputs, self.files, strict=True)
             for k in range(1, copies + 1)
         ]
@@ -159,8 +163,9 @@ class WebRtcTransport(Transport):
     via = "webrtc"
     READY_TIMEOUT_S = 60.0
 
-    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> None:
-        super().__init__(inputs, workdir, seconds_needed)
+    def __init__(self, inputs: list[BenchInput], workdir: Path, seconds_needed: float,
+                 queue_size: int | None = None) -> None:
+        super().__init__(inputs, workdir, seconds_needed, queue_size)
         self.runner: Any = None
         self.url = ""
         self.senders: list[asyncio.subprocess.Process] = []
@@ -187,7 +192,7 @@ class WebRtcTransport(Transport):
         app = web.Application()
         # No media timeout: the monitor may be busy starting (engine warm-up) while frames already flow.
         add_whip_routes(app, on_source=on_source, on_end=on_end,
-                        config=WhipConfig(max_sessions=1024, media_timeout_s=None))
+                        config=WhipConfig(max_sessions=1024, media_timeout_s=None, queue_size=self.queue_size or 1))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         port = _free_port()
@@ -256,10 +261,11 @@ class WebRtcTransport(Transport):
         return float(sum(values))  # type: ignore[arg-type]
 
 
-def make_transport(via: str, inputs: list[BenchInput], workdir: Path, seconds_needed: float) -> Transport:
-    """The transport named by `--via`."""
+def make_transport(via: str, inputs: list[BenchInput], workdir: Path, seconds_needed: float,
+                   queue_size: int | None = None) -> Transport:
+    """The transport named by `--via`; `queue_size` sets each stream's latest-frame queue (None: default)."""
     kinds: dict[str, type[Transport]] = {"rtsp": RtspTransport, "file": FileTransport, "webrtc": WebRtcTransport}
-    return kinds[via](inputs, workdir, seconds_needed)
+    return kinds[via](inputs, workdir, seconds_needed, queue_size)
 
 
 def machine_busy_s() -> float | None:
