@@ -76,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="a stream count holds in real time when its p95 glass-to-score is at most this (default 250)")
     stream.add_argument("--max-drop", type=float, default=0.01,
                         help="... and it dropped at most this fraction of the sender's frames (default 0.01)")
+    stream.add_argument("--config", type=Path, dest="monitor_config",
+                        help="monitor config YAML (faces, engine, batcher, smoothing; its sources and sinks are ignored)")
+    stream.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
+                        help="override a monitor config field, e.g. --set faces.detect_every=3 (repeatable)")
     stream.add_argument("--queue-size", type=int, metavar="N",
                         help="frames each stream's latest-frame queue holds for the monitor (default: the monitor's "
                         "own, 1); more absorbs bursty delivery at the cost of waiting frames")
@@ -137,12 +141,16 @@ def run_stream(args: argparse.Namespace) -> int:
             size = parse_size(args.size)
         except ValueError as err:
             raise ConfigError(f"--size: {err}") from None
+    from swapwatch.stream.config import parse_set_option
+
+    overrides = dict(parse_set_option(text) for text in args.set_values)
     out = args.out or Path("runs") / "bench" / time.strftime("stream-%Y%m%d-%H%M%S")
     settings = parse_config(StreamBenchSettings, {
         "sources": list(args.sources), "via": args.via, "streams": args.streams, "duration_s": args.duration,
         "warmup_s": args.warmup, "engine": args.engines[0] if args.engines else None, "backend": args.backend[0],
         "size": size, "clip_seconds": args.clip_seconds, "p95_ms": args.p95_ms, "max_drop": args.max_drop,
         "ceiling_s": args.ceiling_seconds, "queue_size": args.queue_size, "out": out,
+        "config": args.monitor_config, "overrides": overrides,
     }, source="swapwatch bench options")
     console = Console(stderr=True)
     result = run_stream_bench(settings, console)

@@ -121,6 +121,7 @@ def test_an_unreadable_source_is_a_usage_error_naming_it(tmp_path: Path, capsys:
         (["--streams", "0"], "streams"),
         (["--duration", "-1"], "duration_s"),
         (["--queue-size", "0"], "queue_size"),
+        (["--set", "smoothing.alert_enter=2"], "smoothing.alert_enter"),
         (["--engine", "a.onnx", "--engine", "b.onnx"], "--engine"),
     ],
 )

@@ -86,10 +86,12 @@ class StreamBench:
         s = self.settings
         load_at_start = [round(x, 2) for x in os.getloadavg()]
         inputs = await asyncio.to_thread(probe_inputs, list(s.sources), s.size, s.clip_seconds)
-        overrides: dict[str, Any] = {"sinks.console": None, "engine.backend": s.backend}
+        overrides: dict[str, Any] = {"engine.backend": s.backend, **s.overrides}
         if s.engine is not None:
             overrides["engine.model"] = str(s.engine)
-        cfg = load_monitor_config(None, overrides)
+        # The benchmark brings its own sources and observes every frame itself: no configured sources or sinks.
+        overrides.update({"sources": [], "sinks": {}})
+        cfg = load_monitor_config(s.config, overrides)
         transport = make_transport(s.via, inputs, self.workdir, s.warmup_s + s.duration_s + 5.0, s.queue_size)
         codec = "vp8" if s.via == "webrtc" else "h264"
         self.say(f"preparing {len(inputs)} input(s) for --via {s.via} in {self.workdir}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -30,6 +30,13 @@ class StreamBenchSettings(StrictModel):
         description="Seconds at the start of each run left out of the numbers (connections, first key frame).",
     )
     engine: Path | None = Field(None, description="Deepfake detector file; null: the embedded default model.")
+    config: Path | None = Field(
+        None, description="Monitor config YAML whose faces/engine/batcher/smoothing sections the monitor runs with "
+        "(its sources and sinks are not used)."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted monitor-config overrides, as `swapwatch watch --set KEY=VALUE`."
+    )
     backend: str = Field("auto", description="Inference backend (as `swapwatch watch --backend`).")
     size: tuple[int, int] | None = Field(
         None, description="Replay size (width, height), even numbers; null: each source's own size."
