@@ -37,11 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-every", type=int, default=None, metavar="N",
         help="run the face detector on every Nth scored frame and interpolate faces between two agreeing "
-        "detections (default 5; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
+        "detections (default 6; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
     )
     p.add_argument(
         "--batch", type=_batch, default=None, metavar="N|auto",
-        help="crops per inference call, across frames and files (default 8; 'auto' measures the engine first)",
+        help="crops per inference call, across frames and files (default 4; 'auto' measures the engine first)",
     )
     p.add_argument("--workers", type=int, help="face-stage worker threads: alignment, and detection too with --detect-every 1 (default 2)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session (default 1)")
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
+    from contextlib import ExitStack
 
     from swapwatch.stream.scan.progress import ScanProgress
     from swapwatch.stream.scanner import Scanner, expand_paths
@@ -71,20 +72,20 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None:
         options["batch"] = args.batch
     scanner = Scanner(model=args.model, **options)
-    out = open(args.out, "w") if args.out else None
     failures = 0
-    try:
-        with ScanProgress(len(files)) as progress:
-            for result in scanner.scan_paths(files, progress):
-                failures += result.get("error") is not None
-                # sys.stdout looked up each time: while the bar shows, rich swaps it for a proxy that
-                # prints above the bar
-                target = out if out is not None else sys.stdout
-                target.write(json.dumps(result) + "\n")
-                target.flush()
-    finally:
-        if out is not None:
-            out.close()
+    with ExitStack() as stack:
+        out = None
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(open(args.out, "w"))
+        progress = stack.enter_context(ScanProgress(len(files)))
+        for result in scanner.scan_paths(files, progress):
+            failures += result.get("error") is not None
+            # sys.stdout is looked up each time: while the bar shows, rich swaps in a proxy that prints
+            # above the bar
+            target = out if out is not None else sys.stdout
+            target.write(json.dumps(result) + "\n")
+            target.flush()
     if args.stats:
         args.stats.write_text(json.dumps(scanner.stats.to_dict(), indent=2) + "\n")
     if args.out:

@@ -11,27 +11,30 @@ Every arrow is a bounded queue.
 Where the speed comes from (bench/scan_vs_sequential.py runs the scan side by side with a plain
 decode -> detect -> align -> score-one-face loop on a 720p clip; docs/scan.md has the numbers):
 - Less detection. The detector is ~70% of a plain loop's CPU per frame (~13-18 ms of ~22-25 ms per
-  720p frame on these cores), so the default runs it on every 5th frame (`detect_every`) and places
+  720p frame on these cores), so the default runs it on every 6th frame (`detect_every`) and places
   faces on the frames between by interpolating between the two detections around them, when those
   agree (same faces, no scene cut; see swapwatch/stream/scan/interpolate.py); where they do not, the
   frames between are detected. This is where most of the gain comes from, and it holds up when other
   processes take the cores. Every frame is still aligned and scored.
 - Overlap. PyAV, OpenCV and ONNX Runtime release the GIL, so decoding, detection, alignment and
   scoring of neighbouring frames run at once on the two cores, in stages of similar cost (per 720p
-  frame about 1.5 ms decode, 3.5 ms detection at N=5, 2.5 ms alignment, 2.7 ms scoring). On a busy
+  frame about 1.9 ms decode, 3-3.5 ms detection at N=6, 2.5 ms alignment, 2.4 ms scoring). On a busy
   machine this still matters: the kernel shares cores per runnable thread, and a plain loop with two
   intra-op threads takes a larger share than a pipeline with one busy thread would.
-- Batching crops across frames and files (`batch`, default 8). On these CPUs it saves no CPU (the
-  default model costs ~2.4-2.7 ms per face at batch 1 to 16, one thread), but it costs nothing either
-  and is what makes a GPU engine fast; `batch="auto"` profiles the engine at start instead.
+- Batching crops across frames and files (`batch`, default 4). On these CPUs it saves no CPU (the
+  default model costs 2.32 / 2.29 / 2.37 / 2.48 / 2.59 CPU ms per face at batch 1 / 2 / 4 / 8 / 16, one
+  thread), so the default is small; it is what makes a GPU engine fast, and `batch="auto"` profiles the
+  engine at start instead.
 
 Why tracking (interpolation) is on by default: the scores stay comparable to detecting every frame.
-On the benchmark clip (600 frames, 10 shots), per-frame scores moved by 0.028 on average (p95 0.16)
-against the detector-on-every-frame scores, less than the model's own frame-to-frame change on that
-clip (0.043 on average), and the video score by 0.004. Detected frames are exact. `detect_every=1`
-gives exactly the plain loop's scores, at roughly the plain loop's speed on two busy cores (the face
-stage then runs two workers sharing the detector session). What interpolation can miss: a face
-that is on screen for less than `detect_every` frames between two keyframes without it.
+On the benchmark clip (600 frames, 10 shots), with N=6 per-frame scores moved by 0.034 on average
+(p95 0.18) against the detector-on-every-frame scores, less than the model's own frame-to-frame change
+on that clip (0.043 on average, p95 0.23), and the video score by 0.004; the whole scan ran 2.1x
+faster than the best plain loop, whole process, on two busy cores (N=4: drift 0.028, N=8: 0.037; see
+docs/scan.md). Detected frames are exact. `detect_every=1` gives exactly the plain loop's scores, at
+1.0-1.4x its speed (the face stage then runs two workers sharing the detector session). What
+interpolation can miss: a face on screen for fewer than `detect_every` frames between two keyframes
+that do not show it.
 
 Memory: the frame and located queues hold at most `frame_queue` decoded frames each (8 x 2.7 MB at
 720p), the interpolator `detect_every` more, the face queue `face_queue` frames' crops, and each file
@@ -63,7 +66,14 @@ from swapwatch.stream.faces import DetectorConfig, load_detector
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.scan.decode import Decoder
 from swapwatch.stream.scan.faces_stage import FaceStage
-from swapwatch.stream.scan.items import FaceFrame, FileEnd, FileStart, Item, StageDone, StageFailed
+from swapwatch.stream.scan.items import (
+    FaceFrame,
+    FileEnd,
+    FileStart,
+    Item,
+    StageDone,
+    StageFailed,
+)
 from swapwatch.stream.scan.progress import ScanProgress
 from swapwatch.stream.scan.queues import StageQueue, Stopped
 from swapwatch.stream.scan.results import FileResult
@@ -71,11 +81,13 @@ from swapwatch.train.data.media import IMAGE_EXTS, VIDEO_EXTS, media_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 8
-"""Crops per inference call: the default model's best CPU throughput here (`swapwatch bench`:
-411 / 753 / 287 faces/s at batch 1 / 8 / 32)."""
+DEFAULT_BATCH = 4
+"""Crops per inference call. On these CPUs the default model's CPU cost per face is flat from batch 1
+to 4 and grows beyond (2.29-2.37 ms at 1-4, 2.48 at 8, 2.59 at 16); 4 amortises the per-call overhead."""
 
-DEFAULT_DETECT_EVERY = 5
+DEFAULT_DETECT_EVERY = 6
+"""Detector cadence: 6 keeps per-frame score drift under the model's own frame-to-frame jitter on the
+benchmark clip while cutting detections ~5x (docs/scan.md has the table for N = 1, 4, 5, 6, 8)."""
 
 MAX_PENDING = 256  # frames waiting for a batch to fill before it is scored anyway (faceless stretches)
 
@@ -355,4 +367,4 @@ class _Assembler:
             yield record.build(item)
 
 
-__all__ = ["DEFAULT_BATCH", "ScanSettings", "ScanStats", "Scanner", "expand_paths", "IMAGE_EXTS", "VIDEO_EXTS"]
+__all__ = ["DEFAULT_BATCH", "IMAGE_EXTS", "VIDEO_EXTS", "ScanSettings", "ScanStats", "Scanner", "expand_paths"]

@@ -31,7 +31,14 @@ from swapwatch.errors import SwapwatchError
 from swapwatch.stream.faces.align import align_face
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.scan.interpolate import KeyframeInterpolator, PlacedFace
-from swapwatch.stream.scan.items import FaceFrame, FaceInfo, FileEnd, FileStart, FrameJob, Item
+from swapwatch.stream.scan.items import (
+    FaceFrame,
+    FaceInfo,
+    FileEnd,
+    FileStart,
+    FrameJob,
+    Item,
+)
 
 
 def _box(box: np.ndarray) -> tuple[float, float, float, float]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -195,7 +196,7 @@ class KeyframeInterpolator:
         if len(a) != len(b):
             return None
         thumbs = self._thumbs[lo : (hi + 1 if hi >= 0 else None)]
-        diffs = [float(np.abs(y - x).mean()) for x, y in zip(thumbs, thumbs[1:])]
+        diffs = [float(np.abs(y - x).mean()) for x, y in pairwise(thumbs)]
         if diffs and max(diffs) >= self.cut_threshold:
             return None
         candidates = candidate_pairs([f.box for f in a], [f.box for f in b], self.min_iou)
