@@ -47,7 +47,7 @@ class BenchInput:
 
 
 def _even(value: float) -> int:
-    return max(2, int(round(value / 2)) * 2)
+    return max(2, round(value / 2) * 2)
 
 
 def probe_input(path: Path, size: tuple[int, int] | None, clip_seconds: float, name: str) -> BenchInput:
