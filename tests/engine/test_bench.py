@@ -196,9 +196,11 @@ def test_bench_command_refuses_bad_options(argv: list[str], error: type[Exceptio
     assert not (tmp_path / "bench.json").exists()
 
 
-def test_bench_parser_has_no_positional_sources() -> None:
-    with pytest.raises(SystemExit):
-        bench_args("clip.mp4")  # stream benchmarking (SOURCE...) is a later addition to this command
+def test_bench_parser_keeps_engine_lines_and_takes_sources() -> None:
+    # --engine always takes a value, so it never swallows a SOURCE of the stream benchmark
+    args = bench_args("--engine", "a.onnx", "clip.mp4")
+    assert args.engines == [Path("a.onnx")] and [str(s) for s in args.sources] == ["clip.mp4"]
+    assert not bench_args().sources  # no SOURCE: the engine benchmark, as before
     assert bench_args().engines is None  # no --engine: the embedded default model
     assert bench_args("--engine", "a.onnx", "--engine", "b.onnx").engines == [Path("a.onnx"), Path("b.onnx")]
 
