@@ -1,6 +1,7 @@
-"""A headless Chromium driven over the DevTools protocol (CDP), for the dashboard test.
+"""A headless Chromium driven over the DevTools protocol (CDP), for the dashboard and browser tests.
 
-Just enough of CDP for a test: open a page, evaluate JavaScript, take a screenshot. It talks to
+Just enough of CDP for a test: open a tab, evaluate JavaScript, take a screenshot; optionally a fake
+camera playing a .y4m file (`camera_flags`), the flags FACTS.md found to work for WebRTC here. It talks to
 Debian's `chromium` over its own WebSocket with aiohttp; no driver package is needed.
 """
 
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
 
@@ -24,6 +28,14 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def camera_flags(camera: Path) -> tuple[str, ...]:
+    """A fake camera playing `camera` (.y4m), no permission prompt, loopback ICE candidates allowed and
+    mDNS candidate hiding off, so the server (aiortc) can reach the browser."""
+    return ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera}", "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required")
+
+
 class Chromium:
     """`async with Chromium(profile_dir) as browser: page = await browser.open(url)`.
 
@@ -31,8 +43,9 @@ class Chromium:
     block the browser.
     """
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, flags: Sequence[str] = ()) -> None:
         self.profile = profile
+        self.flags = tuple(flags)
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.session: aiohttp.ClientSession | None = None
@@ -46,7 +59,7 @@ class Chromium:
         self.port = free_port()
         with (self.profile / "chromium.log").open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                exe, *FLAGS, f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}", "about:blank",
+                exe, *FLAGS, *self.flags, f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}", "about:blank",
                 stdout=asyncio.subprocess.DEVNULL, stderr=log,
             )
         self.session = aiohttp.ClientSession()
@@ -76,11 +89,32 @@ class Chromium:
                 await self.proc.wait()
 
     async def open(self, url: str) -> Page:
+        """A new tab at `url` (left open until the browser closes)."""
+        return (await self._new_tab(url))[0]
+
+    @contextlib.asynccontextmanager
+    async def tab(self, url: str) -> AsyncIterator[Page]:
+        """A new tab at `url`, loaded, closed again on exit."""
+        from tests.stream.server.conftest import wait_until
+
+        page, target_id = await self._new_tab(url)
+        try:
+            await page.call("Page.enable")
+            await wait_until(lambda: page.evaluate("location.href !== 'about:blank' && document.readyState === 'complete'"),
+                             timeout=20)
+            yield page
+        finally:
+            await page.ws.close()
+            assert self.session is not None
+            async with self.session.get(f"http://127.0.0.1:{self.port}/json/close/{target_id}"):
+                pass
+
+    async def _new_tab(self, url: str) -> tuple[Page, str]:
         assert self.session is not None
-        async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as resp:
+        async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{quote(url, safe='')}") as resp:
             target = await resp.json()
         ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
-        return Page(ws)
+        return Page(ws), target["id"]
 
 
 class Page:
@@ -101,7 +135,7 @@ class Page:
             if data.get("id") == msg_id:
                 if "error" in data:
                     raise RuntimeError(f"{method}: {data['error']}")
-                return data.get("result")
+                return data.get("result", {})
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)

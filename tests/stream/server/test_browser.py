@@ -14,31 +14,27 @@ candidates allowed, and mDNS candidate hiding off so the server (aiortc) can rea
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import itertools
 import json
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import aiohttp
 import av
 import pytest
 
 from swapwatch.stream.demo_clip import DemoClip
 from swapwatch.stream.server.whip import WHIP_INGEST
 from tests.stream.conftest import run_async
-from tests.stream.server.conftest import TOKEN, running_server, server_config, wait_until
+from tests.stream.server.chromium import Chromium, camera_flags, chromium_path
+from tests.stream.server.conftest import (
+    TOKEN,
+    running_server,
+    server_config,
+    wait_until,
+)
 from tests.stream.server.test_whip import loopback_ice  # noqa: F401 - the fixture
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's headless Chromium on PATH (apt-get install -y chromium)"
+    chromium_path() is None, reason="needs Debian's headless Chromium on PATH (apt-get install -y chromium)"
 )
 
 
@@ -59,81 +55,6 @@ def write_y4m(clip: Path, out: Path) -> Path:
     return out
 
 
-class DevTools:
-    """A minimal Chrome DevTools protocol client on one target's websocket (commands only; events ignored)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        ident = next(self._ids)
-        await self.ws.send_json({"id": ident, "method": method, "params": params})
-        async for message in self.ws:
-            data = json.loads(message.data)
-            if data.get("id") == ident:
-                if "error" in data:
-                    raise RuntimeError(f"{method}: {data['error']}")
-                return data.get("result", {})
-        raise RuntimeError(f"{method}: the browser closed the connection")
-
-    async def eval(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression!r} threw: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    async def screenshot(self, path: Path) -> Path:
-        shot = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(shot["data"]))
-        return path
-
-
-@contextlib.asynccontextmanager
-async def chromium(profile: Path, camera: Path) -> AsyncIterator[tuple[aiohttp.ClientSession, int]]:
-    """Headless Chromium with a fake camera playing `camera`; yields an HTTP session and its DevTools port."""
-    assert CHROMIUM is not None
-    profile.mkdir(parents=True, exist_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--no-first-run", "--no-default-browser-check", "--window-size=1280,900",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}", "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required",
-        "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        await wait_until(lambda: port_file.exists() and port_file.read_text().strip(), timeout=30)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            yield http, port
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def tab(http: aiohttp.ClientSession, port: int, url: str) -> AsyncIterator[DevTools]:
-    """A new browser tab at `url`, driven over its DevTools websocket."""
-    async with http.put(f"http://127.0.0.1:{port}/json/new?{quote(url, safe='')}") as r:
-        target = await r.json()
-    async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024) as ws:
-        devtools = DevTools(ws)
-        await devtools.call("Page.enable")
-        await wait_until(lambda: devtools.eval("location.href !== 'about:blank' && document.readyState === 'complete'"),
-                         timeout=20)
-        yield devtools
-    async with http.get(f"http://127.0.0.1:{port}/json/close/{target['id']}"):
-        pass
-
-
 async def events(srv: Any, **query: str) -> list[dict[str, Any]]:
     async with srv.session.get(srv.url("/api/events"), params=query, headers=srv.auth) as r:
         assert r.status == 200, await r.text()
@@ -147,18 +68,18 @@ def test_browser_camera_published_over_whip_raises_an_alert(
 
     async def scenario() -> None:
         cfg = server_config(reference_model, tmp_path)
-        async with running_server(cfg) as srv, chromium(tmp_path / "profile", camera) as (http, port):
-            async with tab(http, port, srv.url("/")) as dashboard:
+        async with running_server(cfg) as srv, Chromium(tmp_path / "profile", camera_flags(camera)) as browser:
+            async with browser.tab(srv.url("/")) as dashboard:
                 # Log the dashboard in (its token lives in this tab's sessionStorage) before anything happens.
-                await dashboard.eval(f"sessionStorage.setItem('swapwatch.token', {json.dumps(TOKEN)}); location.reload()")
-                await wait_until(lambda: dashboard.eval("document.readyState === 'complete' && "
+                await dashboard.evaluate(f"sessionStorage.setItem('swapwatch.token', {json.dumps(TOKEN)}); location.reload()")
+                await wait_until(lambda: dashboard.evaluate("document.readyState === 'complete' && "
                                                         "document.querySelector('#conn').dataset.state === 'live'"),
                                  timeout=20)
-                async with tab(http, port, srv.url("/static/publish.html?stream=browser&size=640x360")) as page:
-                    assert await page.eval("document.querySelector('#size').value") == "640x360"  # from the URL
-                    await page.eval(f"document.querySelector('#token').value = {json.dumps(TOKEN)}")
-                    await page.eval("document.querySelector('#start').click()")
-                    await wait_until(lambda: page.eval("document.body.dataset.state === 'live'"), timeout=30)
+                async with browser.tab(srv.url("/static/publish.html?stream=browser&size=640x360")) as page:
+                    assert await page.evaluate("document.querySelector('#size').value") == "640x360"  # from the URL
+                    await page.evaluate(f"document.querySelector('#token').value = {json.dumps(TOKEN)}")
+                    await page.evaluate("document.querySelector('#start').click()")
+                    await wait_until(lambda: page.evaluate("document.body.dataset.state === 'live'"), timeout=30)
 
                     async def alerted() -> bool:
                         return bool(await events(srv, stream="browser", state="alert"))
@@ -168,20 +89,20 @@ def test_browser_camera_published_over_whip_raises_an_alert(
                     assert alert["type"] == "state" and alert["frame_pts"] is not None
 
                     # The dashboard got it from the live feed: the alert banner and the log line.
-                    await wait_until(lambda: dashboard.eval(
+                    await wait_until(lambda: dashboard.evaluate(
                         "!document.querySelector('#alerts').hidden && "
                         "document.querySelectorAll('#alert-list li[data-stream=\"browser\"]').length > 0"
                     ), timeout=2 * swap_clip.duration + 10)
                     shot = await dashboard.screenshot(tmp_path / "dashboard-alert.png")
                     print(f"dashboard screenshot: {shot}")
                     assert shot.stat().st_size > 10_000
-                    logged = await dashboard.eval(
+                    logged = await dashboard.evaluate(
                         "document.querySelectorAll('#event-log li[data-stream=\"browser\"][data-state=\"alert\"]').length"
                     )
                     assert logged >= 1
                     publish_shot = await page.screenshot(tmp_path / "publish-page.png")
                     print(f"publish page screenshot: {publish_shot}")
-                    frames = await page.eval("document.querySelector('#n-frames').textContent")
+                    frames = await page.evaluate("document.querySelector('#n-frames').textContent")
                     assert int(frames) > 0
 
                     # What arrived is the browser's camera at the clip's size, not a downscaled copy.
@@ -189,8 +110,8 @@ def test_browser_camera_published_over_whip_raises_an_alert(
                         status = await r.json()
                     assert status["source_state"] == "live"
 
-                    await page.eval("document.querySelector('#stop').click()")
-                    await wait_until(lambda: page.eval("document.body.dataset.state === 'stopped'"), timeout=10)
+                    await page.evaluate("document.querySelector('#stop').click()")
+                    await wait_until(lambda: page.evaluate("document.body.dataset.state === 'stopped'"), timeout=10)
 
                 async def ended() -> list[dict[str, Any]]:
                     return [e for e in await events(srv, stream="browser", type="stream") if e["source_state"] == "ended"]
@@ -208,12 +129,12 @@ def test_publish_page_reports_a_refused_token(
 
     async def scenario() -> None:
         cfg = server_config(reference_model, tmp_path)
-        async with running_server(cfg) as srv, chromium(tmp_path / "profile", camera) as (http, port), \
-                tab(http, port, srv.url("/static/publish.html")) as page:
-            await page.eval("document.querySelector('#token').value = 'wrong-token'")
-            await page.eval("document.querySelector('#start').click()")
-            await wait_until(lambda: page.eval("document.body.dataset.state === 'error'"), timeout=30)
-            message = await page.eval("document.querySelector('#error').textContent")
+        async with running_server(cfg) as srv, Chromium(tmp_path / "profile", camera_flags(camera)) as browser, \
+                browser.tab(srv.url("/static/publish.html")) as page:
+            await page.evaluate("document.querySelector('#token').value = 'wrong-token'")
+            await page.evaluate("document.querySelector('#start').click()")
+            await wait_until(lambda: page.evaluate("document.body.dataset.state === 'error'"), timeout=30)
+            message = await page.evaluate("document.querySelector('#error').textContent")
             assert "refused the token" in message and "401" in message
             assert not srv.app[WHIP_INGEST].sessions
 
@@ -234,10 +155,10 @@ def test_chromium_720p_camera_arrives_at_720p(loopback_ice: None, make_clip: Any
     camera = write_y4m(clip, tmp_path / "camera720.y4m")
 
     async def scenario() -> None:
-        async with whip_app(static=True) as h, chromium(tmp_path / "profile", camera) as (http, port), \
-                tab(http, port, h.url("/static/publish.html?stream=hd&size=1280x720")) as page:
-            await page.eval("document.querySelector('#start').click()")
-            await wait_until(lambda: page.eval("document.body.dataset.state === 'live'"), timeout=30)
+        async with whip_app(static=True) as h, Chromium(tmp_path / "profile", camera_flags(camera)) as browser, \
+                browser.tab(h.url("/static/publish.html?stream=hd&size=1280x720")) as page:
+            await page.evaluate("document.querySelector('#start').click()")
+            await wait_until(lambda: page.evaluate("document.body.dataset.state === 'live'"), timeout=30)
             frames = await h.wait_frames("hd", 1, timeout=20)
             await asyncio.sleep(5.0)
             later = [f for f in h.frames["hd"] if f.received >= frames[0].received + 1.0]
@@ -248,7 +169,7 @@ def test_chromium_720p_camera_arrives_at_720p(loopback_ice: None, make_clip: Any
             assert len(later) > 30
             assert sizes == [(1280, 720)]
             assert h.sources["hd"].frame_size == (1280, 720)
-            await page.eval("document.querySelector('#stop').click()")
+            await page.evaluate("document.querySelector('#stop').click()")
             await h.wait_ended("hd")
 
     run_async(scenario(), timeout=120)
