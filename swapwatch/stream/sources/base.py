@@ -244,8 +244,12 @@ class Source(ABC):
             raise RuntimeError(f"{self.name}: source is closed")
         loop = asyncio.get_running_loop()
         self._queue = FrameQueue(self.policy, self.config.resolved_queue_size, loop)
-        self._emit_change(None, "connecting", f"opening {self.url}")
+        self._emit_change(None, "connecting", self._opening_reason())
         self._task = loop.create_task(self._supervise(), name=f"swapwatch-source-{self.name}")
+
+    def _opening_reason(self) -> str:
+        """The reason of the first `connecting` state change."""
+        return f"opening {self.url}"
 
     async def frames(self) -> AsyncIterator[Frame]:
         """The frames, in order, until the source ends (or is closed); raises SourceError when it fails."""

@@ -2,7 +2,8 @@
 
 The other sources pull: a thread per connection decodes and reconnects. Here the peer pushes: aiortc
 decodes RTP in its own decoder thread and hands `av.VideoFrame`s to the track's queue on the event
-loop, so this source needs no thread and no supervisor. One task (`_pump`) awaits `track.recv()`,
+loop, so this source needs no thread and no reconnecting supervisor. Its one task (`_supervise`, the
+pump, started by `Source.start`) awaits `track.recv()`,
 converts each frame to BGR and puts it into the bounded `FrameQueue` with the `latest` policy.
 
 Choices, and why:
@@ -37,7 +38,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,7 +48,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source
 from swapwatch.stream.sources.config import SourceConfig
-from swapwatch.stream.sources.frames import Frame, FrameQueue
+from swapwatch.stream.sources.frames import Frame
 from swapwatch.stream.sources.pyav_source import to_bgr
 
 if TYPE_CHECKING:
@@ -145,16 +145,8 @@ class WebRTCSource(Source):
         self.frame_size: tuple[int, int] | None = None
         """(width, height) of the last frame: the peer may change it mid-stream (bandwidth, CPU)."""
 
-    def start(self) -> None:
-        """Start pumping frames (idempotent). Call it as soon as the track exists, so none piles up unread."""
-        if self._task is not None:
-            return
-        if self._closed:
-            raise RuntimeError(f"{self.name}: source is closed")
-        loop = asyncio.get_running_loop()
-        self._queue = FrameQueue(self.policy, self.config.resolved_queue_size, loop)
-        self._emit_change(None, "connecting", "waiting for the peer's first video frame")
-        self._task = loop.create_task(self._pump(), name=f"swapwatch-webrtc-{self.name}")
+    def _opening_reason(self) -> str:
+        return "waiting for the peer's first video frame"
 
     async def finish(self, reason: str) -> None:
         """End the source with `reason` (the peer left, the session was deleted, no media) and close it."""
@@ -174,10 +166,11 @@ class WebRTCSource(Source):
                 log.exception("%s: closing the peer connection failed", self.name)
 
     def _run_session(self, session: Session) -> None:
-        # The peer pushes frames into `_pump` on the event loop; there is no connection thread to run.
+        # The peer pushes frames into the pump (`_supervise`) on the event loop; there is no connection thread to run.
         raise NotImplementedError("WebRTCSource has no session thread: frames come from the track")
 
-    async def _pump(self) -> None:
+    async def _supervise(self) -> None:
+        # Replaces the base class's connect/reconnect supervisor: this task is the pump.
         queue = self._queue
         assert queue is not None
         while True:
