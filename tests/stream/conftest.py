@@ -121,6 +121,22 @@ def clip_720p(make_clip: ClipFactory) -> Path:
     return make_clip("face_720p.mp4", width=1280, height=720, seconds=2.0)
 
 
+@pytest.fixture(scope="session")
+def reference_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The enrolled-identity reference model (test_pipeline.make_reference_model), built once per run."""
+    from tests.stream.test_pipeline import make_reference_model
+
+    return make_reference_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def swap_clip(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """8 s at 20 fps, the left face swapped at 2-5 s (the reference model raises it to alert)."""
+    from tests.stream.test_pipeline import make_test_clip
+
+    return make_test_clip(tmp_path_factory)
+
+
 @pytest.fixture
 def rtsp_server(tmp_path: Path, clip_360p: Path) -> Iterator[Callable[..., RtspServer]]:
     """`rtsp_server(**options)` starts a real RTSP server (see rtsp_server.py) for the 360p clip.

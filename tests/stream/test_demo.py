@@ -22,7 +22,7 @@ import pytest
 from swapwatch.stream.demo_clip import DemoClip, DemoScene, build_demo_clip
 from swapwatch.stream.events import Event
 from swapwatch.stream.faces import load_detector
-from tests.stream.test_pipeline import REF_SMOOTHING, make_reference_model
+from tests.stream.test_pipeline import REF_SMOOTHING
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = ("swapwatch.stream.demo_command", "build a clip with a face swap in it and watch it, offline")
@@ -32,11 +32,6 @@ CLI = (
     "import sys; sys.modules['torch'] = None; from swapwatch.stream import cli; "
     f"cli.COMMANDS.setdefault('demo', {DEMO!r}); sys.exit(cli.main())"
 )
-
-
-@pytest.fixture(scope="module")
-def reference_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference_model(tmp_path_factory)
 
 
 def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

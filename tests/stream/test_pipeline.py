@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from swapwatch.engine.metadata import AlignmentSpec, EngineMetadata, ScoreCalibration, file_sha256, write_metadata
+from swapwatch.engine.metadata import (
+    AlignmentSpec,
+    EngineMetadata,
+    ScoreCalibration,
+    file_sha256,
+    write_metadata,
+)
 from swapwatch.errors import ConfigError
 from swapwatch.stream.config import (
     MonitorConfig,
@@ -115,14 +121,9 @@ def make_test_clip(tmp_path_factory: pytest.TempPathFactory) -> DemoClip:
     return build_demo_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=8.0, fps=20, segment=(2.0, 5.0))
 
 
-@pytest.fixture(scope="module")
-def reference_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> DemoClip:
-    return make_test_clip(tmp_path_factory)
+@pytest.fixture
+def clip(swap_clip: DemoClip) -> DemoClip:
+    return swap_clip  # the session's swap clip (tests/stream/conftest.py)
 
 
 def monitor_config(sources: list[dict[str, Any]], model: Path, tmp: Path, **sections: Any) -> MonitorConfig:

@@ -19,7 +19,9 @@ import pytest
 from swapwatch.stream import cli
 from swapwatch.stream.demo_clip import DemoClip
 from swapwatch.stream.events import Event
-from tests.stream.test_pipeline import REF_SMOOTHING, make_reference_model, make_test_clip
+from tests.stream.test_pipeline import (
+    REF_SMOOTHING,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WATCH = ("swapwatch.stream.watch_command", "monitor live streams and files for deepfaked faces")
@@ -31,14 +33,9 @@ CLI = (
 SMOOTHING_SETS = [f"--set=smoothing.{k}={v}" for k, v in REF_SMOOTHING.items()]
 
 
-@pytest.fixture(scope="module")
-def reference_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> DemoClip:
-    return make_test_clip(tmp_path_factory)
+@pytest.fixture
+def clip(swap_clip: DemoClip) -> DemoClip:
+    return swap_clip  # the session's swap clip (tests/stream/conftest.py)
 
 
 @pytest.fixture(autouse=True)

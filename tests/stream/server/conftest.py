@@ -16,28 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from swapwatch.stream.config import MonitorConfig
-from swapwatch.stream.demo_clip import DemoClip
 from tests.stream.test_pipeline import (
-    make_reference_model,
-    make_test_clip,
     monitor_config,
 )
 
 TOKEN = "test-token-0123456789abcdef"
-
-
-@pytest.fixture(scope="session")
-def reference_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_reference_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def swap_clip(tmp_path_factory: pytest.TempPathFactory) -> DemoClip:
-    """8 s at 20 fps, the left face swapped at 2-5 s (the reference model raises it to alert)."""
-    return make_test_clip(tmp_path_factory)
 
 
 def server_config(model: Path, tmp: Path, sources: list[dict[str, Any]] | None = None, **server: Any) -> MonitorConfig:
