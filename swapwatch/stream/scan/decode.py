@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
-import numpy as np
 
 from swapwatch.errors import MediaError
 from swapwatch.stream.faces.pipeline import read_image
 from swapwatch.stream.scan.items import FileEnd, FileStart, FrameJob, Item, Kind
-from swapwatch.train.data.media import VIDEO_EXTS
+from swapwatch.train.data import media
+from swapwatch.train.data.media import VIDEO_EXTS, ffmpeg_reason, to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +37,13 @@ def file_kind(path: Path, crops: bool) -> Kind:
     return "crop" if crops else "image"
 
 
-def ffmpeg_reason(err: Exception) -> str:
-    strerror = getattr(err, "strerror", None)
-    return str(strerror) if strerror else str(err) or type(err).__name__
-
-
 def open_video(path: Path) -> av.container.InputContainer:
     """Open a video file, turning each way it can fail into a MediaError that says which."""
     if not path.exists():
         raise MediaError(path, "no such file")
     if not path.is_file():
         raise MediaError(path, "not a file")
-    if path.stat().st_size == 0:
-        raise MediaError(path, "the file is empty")
-    try:
-        container = av.open(str(path), mode="r")
-    except (av.FFmpegError, OSError) as err:
-        raise MediaError(path, f"not a readable video: {ffmpeg_reason(err)}") from None
-    if not container.streams.video:
-        container.close()
-        raise MediaError(path, "no video stream in the file")
-    return container
+    return media.open_video(path)
 
 
 def frames_to_score(total: int | None, every: int, max_frames: int | None) -> int | None:
@@ -66,15 +52,6 @@ def frames_to_score(total: int | None, every: int, max_frames: int | None) -> in
         return max_frames
     n = -(-total // every)  # ceil
     return n if max_frames is None else min(n, max_frames)
-
-
-def to_bgr(frame: av.VideoFrame) -> np.ndarray:
-    """An upright (H, W, 3) uint8 BGR image, honouring the stream's display rotation."""
-    img = frame.to_ndarray(format="bgr24")
-    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-    if rotation in (90, 180, 270):  # FFmpeg's angle is counter-clockwise, as is np.rot90 with k > 0
-        img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
-    return img
 
 
 class Decoder:

@@ -29,7 +29,6 @@ from typing import Any
 
 import av
 import av.error
-import numpy as np
 
 from swapwatch.stream.sources.base import (
     Source,
@@ -44,6 +43,7 @@ from swapwatch.stream.sources.base import (
 )
 from swapwatch.stream.sources.config import SourceConfig, SourceKind, file_path, redact
 from swapwatch.stream.sources.reconnect import Session
+from swapwatch.train.data.media import to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +185,6 @@ def isobmff_truncation(path: str | Path) -> str | None:
             "the recording was cut off before it was finalised"
         )
     return None
-
-
-def to_bgr(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as an upright (H, W, 3) uint8 BGR array, honouring the display rotation (as media.py)."""
-    img = frame.to_ndarray(format="bgr24")
-    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-    # FFmpeg's display matrix angle is counter-clockwise; np.rot90 with k>0 also turns counter-clockwise.
-    if rotation in (90, 180, 270):
-        img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
-    return img
 
 
 class Pacer:

@@ -49,7 +49,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source
 from swapwatch.stream.sources.config import SourceConfig
 from swapwatch.stream.sources.frames import Frame
-from swapwatch.stream.sources.pyav_source import to_bgr
+from swapwatch.train.data.media import to_bgr
 
 if TYPE_CHECKING:
     from swapwatch.stream.sources.reconnect import Session

@@ -70,7 +70,7 @@ def sample_indices(n_frames: int, n: int) -> list[int]:
     return [min(n_frames - 1, int((i + 0.5) * step)) for i in range(n)]
 
 
-def _open_video(path: Path) -> av.container.InputContainer:
+def open_video(path: Path) -> av.container.InputContainer:
     """Open a file as a video container, turning every failure into a MediaError with the reason."""
     if not path.is_file():
         raise MediaError(path, "file not found")
@@ -78,18 +78,18 @@ def _open_video(path: Path) -> av.container.InputContainer:
         raise MediaError(path, "the file is empty")
     try:
         container = av.open(str(path), mode="r")
-    except av.FFmpegError as err:
-        raise MediaError(path, f"not a readable video: {_ffmpeg_reason(err)}") from None
+    except (av.FFmpegError, OSError) as err:
+        raise MediaError(path, f"not a readable video: {ffmpeg_reason(err)}") from None
     if not container.streams.video:
         container.close()
         raise MediaError(path, "no video stream in the file")
     return container
 
 
-def _ffmpeg_reason(err: Exception) -> str:
+def ffmpeg_reason(err: Exception) -> str:
     """FFmpeg's own message (e.g. 'Invalid data found when processing input') without the file name."""
     strerror = getattr(err, "strerror", None)
-    return str(strerror) if strerror else str(err)
+    return str(strerror) if strerror else str(err) or type(err).__name__
 
 
 def count_frames(path: str | Path) -> int:
@@ -99,7 +99,7 @@ def count_frames(path: str | Path) -> int:
     Matroska/WebM and some AVI files) the video packets are counted by demuxing, which needs no decoding.
     """
     p = Path(path)
-    container = _open_video(p)
+    container = open_video(p)
     try:
         stream = container.streams.video[0]
         if stream.frames and stream.frames > 0:
@@ -111,8 +111,8 @@ def count_frames(path: str | Path) -> int:
                     count += 1
         except av.FFmpegError as err:
             if count == 0:
-                raise MediaError(p, f"could not read any video packet: {_ffmpeg_reason(err)}") from None
-            log.warning("%s: demuxing stopped after %d packets: %s", p, count, _ffmpeg_reason(err))
+                raise MediaError(p, f"could not read any video packet: {ffmpeg_reason(err)}") from None
+            log.warning("%s: demuxing stopped after %d packets: %s", p, count, ffmpeg_reason(err))
         if count == 0:
             raise MediaError(p, "the video stream holds no frames")
         return count
@@ -120,7 +120,7 @@ def count_frames(path: str | Path) -> int:
         container.close()
 
 
-def _to_bgr(frame: av.VideoFrame) -> np.ndarray:
+def to_bgr(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as an upright (H, W, 3) uint8 BGR array, honouring the display rotation."""
     img = frame.to_ndarray(format="bgr24")
     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
@@ -141,7 +141,7 @@ def read_frames(path: str | Path, indices: Iterable[int]) -> Iterator[tuple[int,
     wanted = sorted({int(i) for i in indices if int(i) >= 0})
     if not wanted:
         return
-    container = _open_video(p)
+    container = open_video(p)
     decoded = 0
     yielded = 0
     stopped_by: str | None = None
@@ -154,12 +154,12 @@ def read_frames(path: str | Path, indices: Iterable[int]) -> Iterator[tuple[int,
                 index = decoded
                 decoded += 1
                 if index in wanted_set:
-                    yield index, _to_bgr(frame)
+                    yield index, to_bgr(frame)
                     yielded += 1
                 if index >= last:
                     break
         except av.FFmpegError as err:
-            stopped_by = _ffmpeg_reason(err)
+            stopped_by = ffmpeg_reason(err)
     finally:
         container.close()
     if decoded == 0:
