@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -34,10 +33,16 @@ import numpy as np
 
 from swapwatch.engine.base import BackendUnavailable
 from swapwatch.engine.batcher import BatcherConfig, MicroBatcher
-from swapwatch.engine.profile import DEFAULT_BATCHES, EngineProfile, batcher_config_from_profile, profile_engine
+from swapwatch.engine.profile import (
+    DEFAULT_BATCHES,
+    EngineProfile,
+    batcher_config_from_profile,
+    profile_engine,
+)
 from swapwatch.engine.select import BACKENDS
 from swapwatch.engine.trt_build import PlanBuildError
 from swapwatch.errors import ConfigError
+from swapwatch.strict_json import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -301,21 +306,10 @@ def write_report(report: BenchReport, out: Path) -> dict[str, Path]:
     """bench.json, throughput.png and latency.png into `out` (created)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "throughput": out / "throughput.png", "latency": out / "latency.png"}
-    paths["json"].write_text(json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n")
     plot_throughput(report.rows, paths["throughput"])
     plot_latency(report.rows, paths["latency"])
     return paths
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf (a percentile of no samples) -> null: bench.json stays strict JSON for other tools."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _plt() -> Any:

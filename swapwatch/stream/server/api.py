@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +46,7 @@ from swapwatch.stream.server.feed import (
 )
 from swapwatch.stream.server.metrics import ServerMetrics
 from swapwatch.stream.sources import SourceConfig, open_source
+from swapwatch.strict_json import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -184,18 +184,6 @@ def _filter(request: web.Request, default_limit: int = 100) -> EventFilter:
 async def get_events(request: web.Request) -> web.Response:
     events = _state(request).feed.recent(_filter(request))
     return web.json_response({"count": len(events), "events": [e.to_dict() for e in events]})
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with NaN and infinities replaced by None (strict JSON has neither; e.g. the batcher's
-    percentiles before its first batch are NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def status_snapshot(state: ServerState) -> dict[str, Any]:

@@ -10,7 +10,12 @@ real-time verdicts), `plots`, `runner` (the loop over stream counts). docs/bench
 numbers and the plots.
 """
 
-from swapwatch.stream.stream_bench.runner import StreamBench, StreamBenchResult, print_summary, run_stream_bench
+from swapwatch.stream.stream_bench.runner import (
+           StreamBench,
+           StreamBenchResult,
+           print_summary,
+           run_stream_bench,
+)
 from swapwatch.stream.stream_bench.settings import StreamBenchSettings, Via, parse_size
 
 __all__ = ["StreamBench", "StreamBenchResult", "StreamBenchSettings", "Via", "parse_size", "print_summary",

@@ -20,7 +20,6 @@ Definitions (docs/bench.md explains how to read them):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -160,12 +159,3 @@ def max_realtime(runs: Sequence[dict[str, Any]]) -> int:
     return best
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> null so bench.json stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value

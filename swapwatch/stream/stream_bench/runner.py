@@ -26,10 +26,24 @@ from rich.table import Table
 
 from swapwatch.stream.stream_bench.ceiling import decode_ceiling
 from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, probe_inputs
-from swapwatch.stream.stream_bench.recorder import FrameRecord, FrameRecorder, GlassSource
-from swapwatch.stream.stream_bench.results import json_safe, max_realtime, run_summary, window_records
+from swapwatch.stream.stream_bench.recorder import (
+    FrameRecord,
+    FrameRecorder,
+    GlassSource,
+)
+from swapwatch.stream.stream_bench.results import (
+    max_realtime,
+    run_summary,
+    window_records,
+)
 from swapwatch.stream.stream_bench.settings import StreamBenchSettings
-from swapwatch.stream.stream_bench.transports import Transport, machine_busy_s, make_transport, process_cpu_s
+from swapwatch.stream.stream_bench.transports import (
+    Transport,
+    machine_busy_s,
+    make_transport,
+    process_cpu_s,
+)
+from swapwatch.strict_json import json_safe
 
 
 @dataclass

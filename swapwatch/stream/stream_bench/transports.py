@@ -88,7 +88,11 @@ class RtspTransport(Transport):
         self.servers: list[Any] = []
 
     async def start(self) -> None:
-        from swapwatch.stream.rtsp_replay import gstreamer_problem, install_hint, start_rtsp_server
+        from swapwatch.stream.rtsp_replay import (
+            gstreamer_problem,
+            install_hint,
+            start_rtsp_server,
+        )
 
         problem = await asyncio.to_thread(gstreamer_problem)
         if problem is not None:
