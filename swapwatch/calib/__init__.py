@@ -77,23 +77,6 @@ def iter_batches(batch: np.ndarray | PreprocessedCrops, size: int) -> Any:
         yield np.ascontiguousarray(batch[start : start + size], dtype=np.float32)
 
 
-def _tiled(batch: np.ndarray | PreprocessedCrops, batch_size: int) -> np.ndarray:
-    head = np.asarray(batch[:batch_size], np.float32)
-    reps = -(-batch_size // len(head))
-    return np.ascontiguousarray(np.concatenate([head] * reps)[:batch_size])
-
-
-def measure_throughput(
-    model_path: Path, batch: np.ndarray | PreprocessedCrops, batch_size: int, threads: int = 2, seconds: float = 3.0
-) -> float:
-    """Crops per second of `model_path` on ONNX Runtime CPU at `batch_size`, `threads` intra-op threads.
-
-    `batch` is preprocessed NCHW float32 (or PreprocessedCrops); its first crops are tiled or cut to
-    `batch_size`. One warm-up run, then sequential runs for about `seconds` (at least 3 runs).
-    """
-    return measure_interleaved({"model": model_path}, batch, batch_size, threads, seconds, rounds=1)["model"]
-
-
 def measure_interleaved(
     models: dict[str, Path],
     batch: np.ndarray | PreprocessedCrops,
@@ -111,7 +94,8 @@ def measure_interleaved(
     """
     from swapwatch.engine.onnx_runtime import OnnxEngine
 
-    x = _tiled(batch, batch_size)
+    head = np.asarray(batch[:batch_size], np.float32)  # the first crops, tiled or cut to batch_size
+    x = np.ascontiguousarray(np.concatenate([head] * -(-batch_size // len(head)))[:batch_size])
     engines = {name: OnnxEngine(path, threads=threads) for name, path in models.items()}
     try:
         for engine in engines.values():
