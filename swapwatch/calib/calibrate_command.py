@@ -85,7 +85,11 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Do what the arguments ask and return the report (also written to <stem>.calibration.json)."""
     from swapwatch.calib import PreprocessedCrops, auc_or_none, compare_variant
     from swapwatch.calib.crops import load_crops
-    from swapwatch.calib.score import DEFAULT_TARGET_FPRS, fit_calibration, write_score_calibration
+    from swapwatch.calib.score import (
+        DEFAULT_TARGET_FPRS,
+        fit_calibration,
+        write_score_calibration,
+    )
     from swapwatch.engine.onnx_runtime import OnnxEngine
     from swapwatch.errors import ConfigError, ModelFileError
 
