@@ -142,6 +142,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     report["fp32"] = {"path": str(model), "auc": auc_or_none(eval_labels, fp32_eval), "throughput": {}}
     scored: dict[str, tuple[Path, np.ndarray]] = {"fp32": (model, fp32_scores)}
     counts = {"n_real": crops.n_real, "n_fake": crops.n_fake, "n_pseudo_fake": crops.n_pseudo_fake}
+    variants: list[tuple[str, Path, dict[str, Any]]] = []  # (precision, file, settings) to compare with FP32
 
     if args.int8:
         from swapwatch.calib.int8 import Int8Config, calibrate_int8
@@ -149,28 +150,22 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         cfg = Int8Config(target=args.int8_target, calibrate_method=args.int8_method,
                          per_channel=not args.int8_per_tensor, float_stem_layers=args.int8_float_stem)
         res = calibrate_int8(model, crops.crops, out_dir / f"{stem}.int8.onnx", cfg, str(args.data), counts)
-        q_scores, reason = _try_score(res.path, batch)
-        q_eval = q_scores if q_scores is None or eval_batch is batch else _score(res.path, eval_batch)
-        cmp = compare_variant("int8", res.path, eval_batch, eval_labels, fp32_eval, model, q_eval, reason,
-                              threads=args.threads, seconds=args.bench_seconds)
-        report["fp32"]["throughput"] = report["fp32"]["throughput"] or dict(cmp.throughput_fp32)
-        report["int8"] = {**cmp.as_dict(), "settings": {k: v for k, v in res.info.items() if k != "float_nodes"}}
-        if q_scores is not None and q_eval is not None:
-            scored["int8"] = (res.path, q_scores)
-            evaluated["int8"] = q_eval
+        variants.append(("int8", res.path, {k: v for k, v in res.info.items() if k != "float_nodes"}))
     if args.fp16:
         from swapwatch.calib.fp16 import calibrate_fp16
 
         res16 = calibrate_fp16(model, crops.crops, out_dir / f"{stem}.fp16.onnx", source=str(args.data))
-        h_scores, reason = _try_score(res16.path, batch)
-        h_eval = h_scores if h_scores is None or eval_batch is batch else _score(res16.path, eval_batch)
-        cmp = compare_variant("fp16", res16.path, eval_batch, eval_labels, fp32_eval, model, h_eval, reason,
+        variants.append(("fp16", res16.path, res16.info))
+    for name, path, settings in variants:
+        scores, reason = _try_score(path, batch)
+        on_eval = scores if scores is None or eval_batch is batch else _score(path, eval_batch)
+        cmp = compare_variant(name, path, eval_batch, eval_labels, fp32_eval, model, on_eval, reason,
                               threads=args.threads, seconds=args.bench_seconds)
         report["fp32"]["throughput"] = report["fp32"]["throughput"] or dict(cmp.throughput_fp32)
-        report["fp16"] = {**cmp.as_dict(), "settings": res16.info}
-        if h_scores is not None and h_eval is not None:
-            scored["fp16"] = (res16.path, h_scores)
-            evaluated["fp16"] = h_eval
+        report[name] = {**cmp.as_dict(), "settings": settings}
+        if scores is not None and on_eval is not None:
+            scored[name] = (path, scores)
+            evaluated[name] = on_eval
 
     fp32_calibrated = None
     if args.scores:
