@@ -35,6 +35,7 @@ import numpy as np
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.faces.types import Face
 from swapwatch.stream.scan.items import FrameJob
+from swapwatch.stream.tracker import iou_matrix
 
 THUMB = (32, 18)
 
@@ -58,14 +59,6 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image[::step, ::step], THUMB, interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _size(box: np.ndarray) -> float:
     return float(np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)))
 
@@ -77,7 +70,7 @@ def pair_cost(a: np.ndarray, b: np.ndarray, min_iou: float, centre_gate: float, 
     fast-moving face overlaps little with itself a few frames later), and their sizes differ by less
     than `max_scale`. Cost: (1 - IoU) + half the centre distance in face sizes, as the tracker uses.
     """
-    iou = box_iou(a, b)
+    iou = float(iou_matrix(a, b)[0, 0])
     sa, sb = _size(a), _size(b)
     if max(sa / sb, sb / sa) > max_scale:
         return None
