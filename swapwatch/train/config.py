@@ -55,6 +55,16 @@ class DataSettings(StrictModel):
         default_factory=DegradeConfig,
         description="Quality degradations applied to real AND fake samples alike.",
     )
+    paired: bool = Field(
+        False,
+        description="SBI-style batches: every real crop together with its own pseudo-fake, one jitter and "
+        "degradation draw for both (batch_size counts pairs); fake_fraction is then unused.",
+    )
+    balance_sources: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Source balancing of the sampling: each source's share ~ n_crops ** (1 - this); 0 = uniform "
+        "over crops, 1 = every source equally often.",
+    )
     jitter: float = Field(0.04, ge=0.0, le=0.2, description="Random scale/shift jitter of the aligned crop.")
     hflip: bool = Field(True, description="Random horizontal flips.")
 
@@ -82,6 +92,11 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Steps between logged loss rows.")
     eval_every: int = Field(200, ge=1, description="Steps between validation passes.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints (last.pt).")
+    keep_eval_checkpoints: bool = Field(
+        False,
+        description="Also keep a checkpoint at every validation pass (checkpoints/step_NNNNN.pt), to choose one "
+        "later on genuine fakes rather than by the pseudo-fake validation AUC.",
+    )
     max_val_items: int = Field(2000, ge=2, description="Cap on validation crops (each scored real and faked).")
 
     @property

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from swapwatch.errors import SwapwatchError
 from swapwatch.train.config import CacheSettings, SamplesSource, TrainConfig
 from swapwatch.train.data import read_dataset
 from swapwatch.train.data.cache import CropRecord, build_face_cache, load_face_cache
 from swapwatch.train.data.items import MediaItem
-from swapwatch.train.dataset import TrainFaces, ValFaces, split_by_video
+from swapwatch.train.dataset import TrainFaces, TrainPairs, ValFaces, source_weights, split_by_video
 from swapwatch.train.metrics import compute_metrics
 from swapwatch.train.models import build_model, parse_model_config
 from swapwatch.train.models.base import Detector
@@ -147,7 +147,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
     model = build_model(cfg.model).to(device)
     if getattr(model, "pretrained", True) is False:
         log.warning("model backbone is random-init: fine for smoke runs, never ship it as a detector")
-    train_ds = TrainFaces(train_recs, cfg.data, model.input_size, model.mean, model.std, cfg.seed)
+    dataset_type = TrainPairs if cfg.data.paired else TrainFaces
+    train_ds = dataset_type(train_recs, cfg.data, model.input_size, model.mean, model.std, cfg.seed)
     val_recs = val_recs[: cfg.max_val_items]
     val_ds = ValFaces(val_recs, cfg.data, model.input_size, model.mean, model.std, cfg.seed)
     loader_kw: dict[str, Any] = dict(num_workers=cfg.optim.num_workers, persistent_workers=False)
@@ -224,15 +225,23 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
             t0 = time.time()
             while step < cfg.optim.steps:
                 train_ds.epoch = epoch
+                order = torch.Generator().manual_seed(cfg.seed + epoch)
+                sampling: dict[str, Any] = {"shuffle": True}
+                if cfg.data.balance_sources > 0:
+                    weights = source_weights(train_ds.records, cfg.data.balance_sources)
+                    sampling = {"sampler": WeightedRandomSampler(
+                        weights.tolist(), num_samples=len(train_ds), replacement=True, generator=order)}
                 loader = DataLoader(
-                    train_ds, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                    generator=torch.Generator().manual_seed(cfg.seed + epoch), **loader_kw,
+                    train_ds, batch_size=cfg.optim.batch_size, drop_last=True,
+                    generator=order, **sampling, **loader_kw,
                 )
                 if len(loader) == 0:
                     raise SwapwatchError(
                         f"batch_size {cfg.optim.batch_size} is larger than the {len(train_ds)} training crops"
                     )
                 for x, y, _ in loader:
+                    if x.dim() == 5:  # (pairs, 2, C, H, W) from TrainPairs: real and fake side by side
+                        x, y = x.flatten(0, 1), y.flatten()
                     x, y = x.to(device, non_blocking=True), y.to(device)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         out = model(x)
@@ -259,6 +268,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
                         ev = validate()
                         evals.append({k: v for k, v in ev.items() if k not in ("labels", "scores")})
                         log.info("step %d: val AUC %s video AUC %s", step, ev["auc"], ev["video_auc"])
+                        if cfg.keep_eval_checkpoints:
+                            save_checkpoint(ckpt_dir / f"step_{step:05d}.pt", snapshot())
                         if ev["auc"] is not None and (best_auc is None or ev["auc"] > best_auc):
                             best_auc = ev["auc"]
                             save_checkpoint(best_path, snapshot())

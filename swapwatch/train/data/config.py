@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from swapwatch.config import StrictModel
 from swapwatch.errors import DatasetLayoutError
-from swapwatch.train.data import celebdf, dfdc, ffpp, folder
+from swapwatch.train.data import celebdf, dfdc, ffpp, folder, reals
 from swapwatch.train.data.items import MediaItem, hash_unit
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,10 @@ FFPP_METHODS: tuple[str, ...] = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTe
 class DatasetConfig(StrictModel):
     """One dataset on disk: its layout, where it lies, and which part of it to read."""
 
-    format: Literal["ffpp", "celebdf", "dfdc", "folder"] = Field(
-        ..., description="On-disk layout: FaceForensics++, Celeb-DF v2, DFDC, or plain real/ and fake/ folders."
+    format: Literal["ffpp", "celebdf", "dfdc", "folder", "reals"] = Field(
+        ...,
+        description="On-disk layout: FaceForensics++, Celeb-DF v2, DFDC, plain real/ and fake/ folders, or a "
+        "folder of real faces only grouped by source folder ('reals').",
     )
     root: Path = Field(..., description="Dataset root folder (the one holding the layout's top-level folders).")
     name: str | None = Field(
@@ -56,6 +58,11 @@ class DatasetConfig(StrictModel):
         description="Share of non-test groups (identities / source videos) put in 'val' for layouts "
         "without an official val split; chosen deterministically by hashing the group key.",
     )
+    exclude_like: list[Path] = Field(
+        default_factory=list,
+        description="'reals' only: leave out files byte-identical to any file under these folders (e.g. the "
+        "genuine-fake validation set, which holds copies of some reals).",
+    )
     max_items: int | None = Field(
         None,
         ge=1,
@@ -69,14 +76,16 @@ class DatasetConfig(StrictModel):
             for key in ("methods", "splits_dir"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} applies only to format 'ffpp', not {self.format!r}")
+        if self.exclude_like and self.format != "reals":
+            raise ValueError(f"exclude_like applies only to format 'reals', not {self.format!r}")
         return self
 
     def dataset_name(self) -> str:
         """The name written on items: `name`, else the format, else (for 'folder') the root's name."""
         if self.name:
             return self.name
-        if self.format == "folder":
-            return self.root.name or "folder"
+        if self.format in ("folder", "reals"):
+            return self.root.name or self.format
         return self.format
 
     def ffpp_methods(self) -> list[str]:
@@ -91,6 +100,7 @@ READERS: dict[str, Reader] = {
     "celebdf": celebdf.read_celebdf,
     "dfdc": dfdc.read_dfdc,
     "folder": folder.read_folder,
+    "reals": reals.read_reals,
 }
 """Format name -> reader. Each reader returns every item of the dataset with its split assigned."""
 

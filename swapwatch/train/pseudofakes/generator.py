@@ -5,7 +5,13 @@ Recipes (all made from a single real aligned crop, no fake data needed):
 * "self_blend":  Self-Blended Images style colour/sharpness/geometry mismatch over a face-hull mask
   (teaches blending boundaries and statistics mismatches);
 * "reconstruct": the inner face re-rendered through a random up-sampling decoder (teaches generator
-  up-sampling fingerprints, the target of the AIRL frequency stream).
+  up-sampling fingerprints, the target of the AIRL frequency stream);
+* "clean_face":  a restored, cleaner inner face pasted into a grainy context (the direction modern
+  swappers with face restorers take; see cleaner.py);
+* "whole_synth": the whole crop re-rendered through a periodic up-sampler (faces synthesised whole).
+
+A recipe may change the real side too: `PseudoFake.real` is the real image the fake must be paired
+with (clean_face's grainy context); it is the untouched crop for the other recipes.
 
 The mix is a weight table, validated so a misspelt recipe name is a config error naming the key.
 Quality degradations are not applied here: `swapwatch.train.degrade.degrade` runs afterwards on real
@@ -20,10 +26,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from swapwatch.config import StrictModel
+from swapwatch.train.pseudofakes.cleaner import CleanFaceConfig, WholeSynthConfig, clean_face, whole_synth
 from swapwatch.train.pseudofakes.reconstruct import ReconstructConfig, check_weights, reconstruct_blend
 from swapwatch.train.pseudofakes.self_blend import SelfBlendConfig, self_blend
 
-KINDS = ("self_blend", "reconstruct")
+KINDS = ("self_blend", "reconstruct", "clean_face", "whole_synth")
 
 
 class PseudoFakeConfig(StrictModel):
@@ -33,6 +40,8 @@ class PseudoFakeConfig(StrictModel):
     reconstruct: ReconstructConfig = Field(
         default_factory=ReconstructConfig, description="Decoder-reconstruction settings."
     )
+    clean_face: CleanFaceConfig = Field(default_factory=CleanFaceConfig, description="Cleaner-face settings.")
+    whole_synth: WholeSynthConfig = Field(default_factory=WholeSynthConfig, description="Whole-crop settings.")
     mix: dict[str, float] = Field(
         {"self_blend": 0.7, "reconstruct": 0.3},
         description=f"Relative weight of each recipe ({', '.join(KINDS)}); non-negative, positive sum.",
@@ -47,11 +56,13 @@ class PseudoFakeConfig(StrictModel):
 @dataclass
 class PseudoFake:
     """A generated fake: the image (uint8 BGR, crop-sized), its blend-weight mask (float32 in [0, 1];
-    where it is 0 the image equals the real crop) and the recipe name ("self_blend" | "reconstruct")."""
+    where it is 0 the image equals `real`), the recipe name (one of KINDS) and the real image to pair it
+    with (the input crop unless the recipe changed the context)."""
 
     image: np.ndarray
     mask: np.ndarray
     kind: str
+    real: np.ndarray
 
 
 class PseudoFakeGenerator:
@@ -67,8 +78,13 @@ class PseudoFakeGenerator:
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self._p))]
+        real = crop
         if kind == "self_blend":
             image, mask = self_blend(crop, landmarks, rng, self.cfg.self_blend)
-        else:
+        elif kind == "reconstruct":
             image, mask = reconstruct_blend(crop, landmarks, rng, self.cfg.reconstruct)
-        return PseudoFake(image=image, mask=mask, kind=kind)
+        elif kind == "clean_face":
+            image, mask, real = clean_face(crop, landmarks, rng, self.cfg.clean_face)
+        else:
+            image, mask = whole_synth(crop, landmarks, rng, self.cfg.whole_synth)
+        return PseudoFake(image=image, mask=mask, kind=kind, real=real)
