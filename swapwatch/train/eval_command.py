@@ -1,4 +1,9 @@
-"""`swapwatch eval --model CKPT_OR_ONNX (--data DATASET.yaml | --format F --root DIR) [--robustness]`."""
+"""`swapwatch eval --model CKPT_OR_ONNX (--data DATASET.yaml | --format F --root DIR | --genuine DIR) [--robustness]`.
+
+`--genuine DIR` scores each file of a folder of genuine fakes and reals the way `swapwatch scan` does
+and reports AUC, pair wins and AUC per method (swapwatch/train/genuine.py; README, "Evaluation on
+genuine fakes").
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--holdout-of", type=Path, metavar="RECIPE",
         help="evaluate on the videos a training recipe held out for validation (same cache, same split)",
     )
+    gen = p.add_argument_group(
+        "genuine fakes (--genuine DIR): every file scored as `swapwatch scan` scores it; AUC, pairs, AUC per method"
+    )
+    gen.add_argument(
+        "--genuine", type=Path, metavar="DIR",
+        help="folder with labels.tsv (filename label pair_group method), or with files named PREFIX_real.* / "
+        "PREFIX_fake.* (a prefix with both is a pair)",
+    )
+    gen.add_argument(
+        "--genuine-method", metavar="NAME",
+        help="method of the fakes in a folder without labels.tsv (default: DeepFaceLab for dfl_* files, else unknown)",
+    )
+    gen.add_argument("--detect-every", type=int, metavar="N",
+                     help="scan: detect faces on every Nth frame, interpolate between (default 6, as scan)")
+    gen.add_argument("--every", type=int, default=1, metavar="N", help="scan: score every Nth video frame (default 1)")
+    gen.add_argument("--max-frames", type=int, metavar="N", help="scan: at most N scored frames per video")
+    gen.add_argument("--threads", type=int, default=1,
+                     help="scan: ONNX Runtime intra-op threads per session (default 1)")
     p.add_argument("--cache", type=Path, default=Path(".cache/faces"), help="aligned-crop cache folder")
     p.add_argument("--frames", type=int, default=16, help="frames sampled per video (default 16)")
     p.add_argument("--max-items", type=int, help="evaluate at most this many media files")
@@ -37,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise ModelFileError(args.model, "no such model (expected a .pt checkpoint or an exported .onnx)")
+    if args.genuine is not None:
+        if args.holdout_of is not None or args.data is not None or args.format or args.root:
+            raise ConfigError(
+                "--genuine DIR is a dataset of its own: leave out --data, --format, --root and --holdout-of"
+            )
+        return _run_genuine(args)
     if args.holdout_of is not None:
         return _run_holdout(args)
     if args.format == "samples":
@@ -132,3 +161,100 @@ def _report(args: argparse.Namespace, scorer, records, dataset: dict, title: str
         console.print(rt)
     print(f"report: {args.out / 'report.json'}")
     return 0
+
+
+def _run_genuine(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from swapwatch.stream.scan.progress import ScanProgress
+    from swapwatch.strict_json import json_safe
+    from swapwatch.train import genuine
+    from swapwatch.train.plots import plot_method_auc, plot_roc
+
+    started = time.perf_counter()
+    items, label_source = genuine.load_genuine(args.genuine, args.genuine_method)
+    options = {"every": args.every, "max_frames": args.max_frames, "detect_every": args.detect_every,
+               "threads": args.threads}
+    scanner = genuine.open_scanner(args.model, **options)
+    thresholds = dict(scanner.engine.meta.score_calibration.thresholds)
+    results: list[dict] = []
+    with ScanProgress(len(items)) as progress:
+        rows = genuine.score_items(items, scanner, progress, results)
+    report = genuine.summarize(rows, thresholds)
+    wall = time.perf_counter() - started
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    body = {
+        "model": str(args.model),
+        "engine": scanner.engine.name,
+        "model_sha256": scanner.engine.meta.model_sha256,
+        "thresholds": thresholds,
+        "dataset": {"genuine": str(args.genuine), "labels": label_source, "n_items": len(items)},
+        "scan": {**scanner.settings.model_dump(), "batch": scanner.batch},
+        **report.to_dict(),
+        "wall_s": round(wall, 2),
+    }
+    (args.out / "report.json").write_text(json.dumps(json_safe(body), indent=2) + "\n")
+    with open(args.out / "scan.jsonl", "w") as f:
+        for result in results:
+            f.write(json.dumps(result) + "\n")
+    plot_roc({"all files": genuine.curve_data(rows)}, args.out / "roc.png",
+             title=f"ROC: {args.model.name} on {args.genuine.name}")
+    plot_method_auc([(m.method, m.auc, m.n_scored_fake) for m in report.methods], args.out / "method_auc.png",
+                    title=f"{args.model.name}: each method's fakes vs all {report.overall.n_scored_real} reals")
+    _print_genuine(args, report, wall)
+    return 0
+
+
+def _print_genuine(args: argparse.Namespace, report, wall: float) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    def f(v):  # noqa: ANN001, ANN202
+        return "n/a" if v is None else f"{v:.3f}"
+
+    console = Console()
+    o, p = report.overall, report.pairs
+    t = Table(title=f"{args.model.name} on {args.genuine} (genuine fakes)")
+    for col in ("AUC", "pairs won", "fakes", "reals", "unscored", "time"):
+        t.add_column(col, justify="right")
+    pairs = "n/a" if p.won is None else f"{p.wins:g}/{p.n} ({100 * p.won:.0f} %)"
+    t.add_row(f(o.auc), pairs, f"{o.n_scored_fake}/{o.n_fake}", f"{o.n_scored_real}/{o.n_real}", str(o.n_unscored),
+              f"{wall:.0f} s")
+    console.print(t)
+
+    mt = Table(title="AUC per method (its fakes against all reals)")
+    for col, just in (("method", "left"), ("AUC", "right"), ("fakes", "right"), ("mean score", "right")):
+        mt.add_column(col, justify=just)
+    for m in report.methods:
+        mt.add_row(m.method, f(m.auc), f"{m.n_scored_fake}/{m.n_fake}", f(m.mean_score))
+    console.print(mt)
+
+    if report.at_thresholds:
+        tt = Table(title="at the sidecar's thresholds (raw score >= threshold)")
+        for col in ("threshold", "value", "TPR (fakes)", "FPR (reals)"):
+            tt.add_column(col, justify="right")
+        for name, row in report.at_thresholds.items():
+            tt.add_row(name, f"{row['threshold']:.4f}", f(row["tpr"]), f(row["fpr"]))
+        console.print(tt)
+
+    if p.comparisons:
+        pt = Table(title="pairs: fake vs its same-scene real")
+        for col, just in (("group", "left"), ("fake", "left"), ("real", "left"), ("fake score", "right"),
+                          ("real score", "right"), ("", "left")):
+            pt.add_column(col, justify=just, overflow="fold")
+        for c in p.comparisons:
+            verdict = "unscored" if c.win is None else {1.0: "won", 0.5: "tie", 0.0: "LOST"}[c.win]
+            pt.add_row(c.group, c.fake, c.real, f(c.fake_score), f(c.real_score), verdict)
+        console.print(pt)
+
+    it = Table(title="files by score")
+    for col, just in (("score", "right"), ("label", "left"), ("method", "left"), ("file", "left"),
+                      ("driven by", "left")):
+        it.add_column(col, justify=just, overflow="fold")
+    for r in report.items:
+        it.add_row(f(r.score), "fake" if r.item.label else "real", r.item.method, r.item.name,
+                   r.to_dict().get("driver", "") if r.scored else f"unscored: {r.reason}")
+    console.print(it)
+    print(f"report: {args.out / 'report.json'}")

@@ -76,3 +76,30 @@ def plot_robustness(table: Mapping[str, Mapping[str, float | None]], path: Path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_method_auc(
+    rows: Sequence[tuple[str, float | None, int]], path: Path, title: str = "AUC per method", reference: float = 0.5
+) -> Path:
+    """rows: (method, AUC or None, n fakes); one horizontal bar per method, n beside it, `reference` dashed."""
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.32 * len(rows) + 1.2)))
+    names = [f"{m} (n={n})" for m, _, n in rows]
+    values = [np.nan if a is None else a for _, a, _ in rows]
+    colours = ["#999999" if a is None else "#2ca02c" if a >= 0.7 else "#ff7f0e" if a >= reference else "#d62728"
+               for _, a, _ in rows]
+    ys = np.arange(len(rows))
+    ax.barh(ys, np.nan_to_num(values, nan=0.0), color=colours)
+    for y, v in zip(ys, values):
+        ax.annotate("n/a" if np.isnan(v) else f"{v:.2f}", (0 if np.isnan(v) else v, y), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.axvline(reference, color="k", ls="--", lw=0.8)
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("AUC (the method's fakes against all reals)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
