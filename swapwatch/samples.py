@@ -36,13 +36,19 @@ def sample_face_images() -> dict[str, Path]:
     return found
 
 
-def sample_crops(size: int, margin: float, limit: int = 16) -> np.ndarray:
+def sample_crops(size: int, margin: float, limit: int = 16, *, crop_size: int | None = None) -> np.ndarray:
     """Aligned crops (N, size, size, 3) of the faces in the sample images: real inputs for export checks,
-    engine profiles and benchmarks. Needs no torch."""
-    from swapwatch.stream.faces import FacePipeline, load_detector
+    engine profiles and benchmarks. Needs no torch.
+
+    They go through the shared resampling chain: aligned at `crop_size` (pass the model's
+    `alignment.size`; None means `CANONICAL_SIZE`), then shrunk to `size`, as the monitor does.
+    """
+    from swapwatch.stream.faces import CANONICAL_SIZE, FacePipeline, load_detector
     from swapwatch.stream.faces.pipeline import read_image
 
-    pipeline = FacePipeline(load_detector(), size=size, margin=margin)
+    pipeline = FacePipeline(
+        load_detector(), size=size, margin=margin, crop_size=CANONICAL_SIZE if crop_size is None else crop_size
+    )
     crops = []
     for path in sample_face_images().values():
         crops.extend(a.crop for a in pipeline.process(read_image(path)))

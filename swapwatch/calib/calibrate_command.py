@@ -115,7 +115,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
     crops = load_crops(
         args.data, meta.input_size, meta.alignment.margin, aligned=args.crops, max_crops=args.max_crops,
-        pseudo_fakes=args.pseudo_fakes, seed=args.seed, frames_per_video=args.frames,
+        pseudo_fakes=args.pseudo_fakes, seed=args.seed, frames_per_video=args.frames, crop_size=meta.alignment.size,
     )
     labels = crops.labels
     if args.scores and (labels == 1).sum() == 0:
@@ -132,6 +132,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         held = load_crops(
             args.eval_data, meta.input_size, meta.alignment.margin, aligned=args.crops, max_crops=args.max_crops,
             pseudo_fakes=args.pseudo_fakes, seed=args.seed + 1, frames_per_video=args.frames,
+            crop_size=meta.alignment.size,
         )
         eval_labels, eval_batch = held.labels, PreprocessedCrops(held.crops, engine.preprocess)
         report["eval_data"] = held.summary()

@@ -2,19 +2,22 @@
 
 Two modes:
 
-* aligned (`--crops`): every image is already an aligned face crop at the model's input size. A crop
-  of another size is an error naming the file: resizing would hide a crop made for another model or
-  template margin, and INT8 ranges calibrated on such crops would be wrong for live inference.
-* raw: images and videos go through the monitor's own face pipeline (detector + ArcFace alignment at
-  the sidecar's size and margin); `frames_per_video` evenly spaced frames per video and the
-  `faces_per_image` largest faces per frame are kept (default 1: in a labelled fake video the
-  subject's face is the fake one, bystanders are not).
+* aligned (`--crops`): every image is already an aligned face crop, at the model's input size or at
+  its canonical crop size (`crop_size`, the sidecar's `alignment.size`: e.g. crops from the training
+  cache), which is shrunk to the input size by the shared chain's `to_input`. A crop of another size
+  is an error naming the file: resizing would hide a crop made for another model or template margin,
+  and INT8 ranges calibrated on such crops would be wrong for live inference.
+* raw: images and videos go through the monitor's own face pipeline and resampling chain (detector,
+  ArcFace alignment at the sidecar's canonical size and margin, `to_input` to the input size);
+  `frames_per_video` evenly spaced frames per video and the `faces_per_image` largest faces per frame
+  are kept (default 1: in a labelled fake video the subject's face is the fake one, bystanders are not).
 
 `max_crops` caps each class; which files are used is a seeded shuffle, so a capped set samples the
 whole folder instead of its alphabetically first sub-folder, and the same seed gives the same set.
 With `pseudo_fakes`, each real crop also yields one deterministic pseudo-fake (the training
-generator with rng seeded per crop), so a folder of real faces alone can measure AUC and fit score
-calibration. Unreadable files are skipped with a warning and listed in `skipped`.
+generator with rng seeded per crop, made on the canonical crop before `to_input` as in training), so
+a folder of real faces alone can measure AUC and fit score calibration. Unreadable files are skipped
+with a warning and listed in `skipped`.
 """
 
 from __future__ import annotations
@@ -96,15 +99,17 @@ def _shuffled(paths: list[Path], seed: int, label: int) -> list[Path]:
     return [paths[i] for i in order]
 
 
-def _read_aligned(path: Path, size: int) -> np.ndarray:
+def _read_aligned(path: Path, size: int, crop_size: int) -> np.ndarray:
+    """An aligned crop at the input `size` or the canonical `crop_size` (shrunk later by `to_input`)."""
     from swapwatch.train.data.media import is_video, read_image
 
     if is_video(path):
         raise ConfigError(f"{path}: a video in --crops mode; aligned crops must be images (drop --crops to detect faces)")
     img = read_image(path)
-    if img.shape[:2] != (size, size):
+    if img.shape[:2] not in ((size, size), (crop_size, crop_size)):
+        canonical = f" or its canonical crop {crop_size}x{crop_size}" if crop_size != size else ""
         raise ConfigError(
-            f"{path}: aligned crop is {img.shape[1]}x{img.shape[0]} but the model takes {size}x{size} "
+            f"{path}: aligned crop is {img.shape[1]}x{img.shape[0]} but the model takes {size}x{size}{canonical} "
             "(crop at the model's size and margin, or drop --crops to detect and align faces)"
         )
     return img
@@ -130,14 +135,20 @@ def load_crops(
     frames_per_video: int = 8,
     faces_per_image: int = 1,
     detector: Any = None,
+    crop_size: int | None = None,
 ) -> CropSet:
     """Crops at `size` (the model's input size) from `root`; see the module docstring for the modes.
+
+    `crop_size` is the model's canonical crop side (its sidecar's `alignment.size`; None means
+    `CANONICAL_SIZE`): faces are aligned at it and shrunk to `size`, as the monitor does.
 
     Raises ConfigError (usage: missing folder, wrong-size or video crops in aligned mode, bad caps),
     DatasetLayoutError (no class folder, no media), NoFaceError (raw mode found no face at all).
     """
     from swapwatch.stream.faces.align import template_landmarks
+    from swapwatch.stream.faces.chain import CANONICAL_SIZE, to_input
 
+    crop_size = CANONICAL_SIZE if crop_size is None else int(crop_size)
     if max_crops is not None and max_crops < 1:
         raise ConfigError(f"--max-crops must be >= 1, got {max_crops}")
     if frames_per_video < 1 or faces_per_image < 1:
@@ -148,16 +159,24 @@ def load_crops(
     if not aligned:
         from swapwatch.stream.faces import FacePipeline, load_detector
 
+        # canonical crops (landmarks in crop pixels) for the pseudo-fakes; to_input makes the model inputs
         pipeline = FacePipeline(
-            detector or load_detector(), size=size, margin=margin, max_faces=faces_per_image, keep="largest"
+            detector or load_detector(), size=crop_size, margin=margin, max_faces=faces_per_image, keep="largest",
+            crop_size=crop_size,
         )
-    template = template_landmarks(size, margin).astype(np.float32)
+    templates = {s: template_landmarks(s, margin).astype(np.float32) for s in {size, crop_size}}
 
     crops: list[np.ndarray] = []
     labels: list[int] = []
     origins: list[str] = []
-    landmarks: list[np.ndarray] = []
+    pseudo_crops: list[np.ndarray] = []
+    pseudo_origins: list[str] = []
     skipped: list[str] = []
+    gen = None
+    if pseudo_fakes:
+        from swapwatch.train.pseudofakes.generator import PseudoFakeGenerator
+
+        gen = PseudoFakeGenerator()
     for label in sorted(files):
         chosen: list[tuple[str, np.ndarray, np.ndarray]] = []
         for path in _shuffled(files[label], seed, label):
@@ -165,7 +184,8 @@ def load_crops(
                 break
             try:
                 if pipeline is None:
-                    chosen.append((str(path), _read_aligned(path, size), template))
+                    img = _read_aligned(path, size, crop_size)
+                    chosen.append((str(path), img, templates[img.shape[0]]))
                     continue
                 for origin, frame in _frames(path, frames_per_video):
                     faces = pipeline.process(frame)
@@ -175,27 +195,22 @@ def load_crops(
                 skipped.append(str(err))
         chosen = sorted(chosen[:max_crops] if max_crops is not None else chosen, key=lambda c: c[0])
         for origin, crop, lm in chosen:
-            crops.append(crop)
+            crops.append(to_input(crop, size))
             labels.append(label)
             origins.append(origin)
-            landmarks.append(np.asarray(lm, np.float32))
+            if gen is not None and label == 0:
+                rng = np.random.default_rng([seed, 7919, len(pseudo_crops)])
+                pseudo_crops.append(to_input(gen(crop, np.asarray(lm, np.float32), rng).image, size))
+                pseudo_origins.append(f"pseudo:{origin}")
     if not crops:
         if aligned:
             raise DatasetLayoutError(root, LAYOUT, "no readable image")
         raise NoFaceError(f"{root}: no face found in any image or video (a face must be detected to calibrate)")
 
-    pseudo = [False] * len(crops)
-    if pseudo_fakes:
-        from swapwatch.train.pseudofakes.generator import PseudoFakeGenerator
-
-        gen = PseudoFakeGenerator()
-        reals = [i for i, lab in enumerate(labels) if lab == 0]
-        for k, i in enumerate(reals):
-            fake = gen(crops[i], landmarks[i], np.random.default_rng([seed, 7919, k])).image
-            crops.append(fake)
-            labels.append(1)
-            origins.append(f"pseudo:{origins[i]}")
-            pseudo.append(True)
+    pseudo = [False] * len(crops) + [True] * len(pseudo_crops)
+    crops.extend(pseudo_crops)
+    labels.extend([1] * len(pseudo_crops))
+    origins.extend(pseudo_origins)
     out = CropSet(
         crops=np.stack(crops).astype(np.uint8, copy=False),
         labels=np.asarray(labels, np.int64),

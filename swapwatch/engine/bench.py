@@ -249,7 +249,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
     settings.check()
     say = progress or (lambda _msg: None)
     report = BenchReport(settings)
-    crops_cache: dict[tuple[int, float], np.ndarray] = {}
+    crops_cache: dict[tuple[int, float, int], np.ndarray] = {}
     models = [_resolve_model(p) for p in settings.engines]
     names = _display_names(models)
     for model in models:
@@ -263,11 +263,11 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
                 say(f"skipped {model.name} on {backend}: {err}")
                 continue
             try:
-                key = (int(engine.input_size), float(engine.meta.alignment.margin))
+                key = (int(engine.input_size), float(engine.meta.alignment.margin), int(engine.meta.alignment.size))
                 if key not in crops_cache:
                     from swapwatch.samples import sample_crops
 
-                    crops_cache[key] = sample_crops(*key)
+                    crops_cache[key] = sample_crops(key[0], key[1], crop_size=key[2])
                 crops = engine.preprocess(crops_cache[key])
                 name = str(getattr(engine, "name", backend))
                 label = f"{names[model]} {engine.meta.precision} [{name}]"

@@ -54,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
         if args.precision == "fp32":
             raise ConfigError("--calib-crops: only used with --precision fp16 or int8")
         from swapwatch.calib.crops import load_crops
-        from swapwatch.engine.torch_runtime import checkpoint_margin
+        from swapwatch.engine.torch_runtime import checkpoint_crop_size, checkpoint_margin
         from swapwatch.train.loop import model_from_checkpoint
 
         model, state = model_from_checkpoint(args.checkpoint)
         calib = load_crops(args.calib_crops, int(model.input_size), checkpoint_margin(state),
-                           aligned=not args.calib_raw, max_crops=args.calib_max).crops
+                           aligned=not args.calib_raw, max_crops=args.calib_max,
+                           crop_size=checkpoint_crop_size(state)).crops
     report = export_engine(
         args.checkpoint, args.out, args.format, args.precision, opset=args.opset, tolerance=args.tolerance,
         calib_crops=calib, profile=BatchProfile(min_batch=1, opt_batch=args.opt_batch, max_batch=args.max_batch),

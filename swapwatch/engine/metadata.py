@@ -21,7 +21,11 @@ FORMAT = "swapwatch-engine/1"
 
 class AlignmentSpec(StrictModel):
     name: str = Field(..., description="Template name, e.g. arcface5.")
-    size: int = Field(..., description="Crop side the template was scaled to when the model was trained.")
+    size: int = Field(
+        ...,
+        description="Crop side the template was scaled to when the model was trained: the canonical aligned crop "
+        "(the training cache's size), which the monitor aligns at and then shrinks to input_size.",
+    )
     margin: float = Field(..., description="Fraction of the crop left around the template face.")
     template: list[list[float]] = Field(..., description="5x2 landmark positions at `size`.")
 

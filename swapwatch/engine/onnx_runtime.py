@@ -29,7 +29,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -37,6 +36,7 @@ from swapwatch.engine.base import BackendUnavailable, Engine
 from swapwatch.engine.metadata import EngineMetadata, read_metadata
 from swapwatch.engine.plan_cache import BatchProfile, PlanCache, cuda_gpu
 from swapwatch.errors import ModelFileError
+from swapwatch.stream.faces.chain import to_input
 from swapwatch.stream.faces.onnx_session import make_session, session_options
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class OnnxEngine(Engine):
 
 
 def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
-    if crop.shape[0] == size and crop.shape[1] == size:
-        return crop
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    """An aligned crop (e.g. a canonical crop from the training cache) -> the model's input side, by the
+    shared chain's last step (`faces.chain.to_input`: INTER_AREA shrink, identity at the same size)."""
+    return to_input(crop, size)
 

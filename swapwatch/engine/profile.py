@@ -109,7 +109,8 @@ def real_face_batch(engine: Any) -> np.ndarray:
     """Preprocessed real aligned face crops (the package sample photos) for this engine's input size."""
     from swapwatch.samples import sample_crops
 
-    return engine.preprocess(sample_crops(engine.input_size, engine.meta.alignment.margin))
+    meta = engine.meta
+    return engine.preprocess(sample_crops(engine.input_size, meta.alignment.margin, crop_size=meta.alignment.size))
 
 
 def tile(crops: np.ndarray, batch: int) -> np.ndarray:

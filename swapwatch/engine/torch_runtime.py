@@ -30,6 +30,14 @@ def checkpoint_margin(state: dict[str, Any]) -> float:
     return float(state.get("train_config", {}).get("data", {}).get("cache", {}).get("margin", 0.15))
 
 
+def checkpoint_crop_size(state: dict[str, Any]) -> int:
+    """The canonical crop side the checkpoint was trained on: the training recipe's `data.cache.size`
+    (the aligned-crop cache, 256 by default), which training shrinks to the model's input size."""
+    from swapwatch.stream.faces.chain import CANONICAL_SIZE
+
+    return int(state.get("train_config", {}).get("data", {}).get("cache", {}).get("size", CANONICAL_SIZE))
+
+
 def metadata_for_checkpoint(
     model: Any,
     state: dict[str, Any],
@@ -38,10 +46,15 @@ def metadata_for_checkpoint(
     precision: str = "fp32",
     export: dict[str, Any] | None = None,
 ) -> EngineMetadata:
-    """The metadata every engine made from `checkpoint` carries (only the hash, precision and export differ)."""
+    """The metadata every engine made from `checkpoint` carries (only the hash, precision and export differ).
+
+    `alignment.size` is the canonical crop the model was trained on (the recipe's cache size), not the
+    input size: the monitor aligns at it and shrinks to `input_size`, as training did (faces/chain.py).
+    """
     from swapwatch.stream.faces.align import template_landmarks
 
     size = int(model.input_size)
+    crop_size = checkpoint_crop_size(state)
     margin = checkpoint_margin(state)
     return EngineMetadata(
         method=model.method,
@@ -49,7 +62,7 @@ def metadata_for_checkpoint(
         mean=list(model.mean),
         std=list(model.std),
         alignment=AlignmentSpec(
-            name="arcface5", size=size, margin=margin, template=template_landmarks(size, margin).tolist()
+            name="arcface5", size=crop_size, margin=margin, template=template_landmarks(crop_size, margin).tolist()
         ),
         precision=precision,  # type: ignore[arg-type]
         model_sha256=model_sha256,

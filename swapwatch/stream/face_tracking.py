@@ -13,6 +13,9 @@ that prefers CPU to latency raises `detect_every`, which still bounds the regula
 Crops: detection frames use the detector's landmarks; frames in between use the tracker's
 propagated landmarks (moved with the predicted box), so the crop follows the face without running
 a landmark model. `TrackedFace.detected` tells which is which, for consumers that weigh them.
+Each crop goes through the shared resampling chain (`faces.chain.face_input`): aligned at the model's
+canonical crop size (`crop_size`, its metadata's `alignment.size`), then shrunk to the input `size`,
+exactly as training shrinks its cached crops.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swapwatch.stream.faces.align import align_face
+from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input
 from swapwatch.stream.faces.detector import FaceDetector, check_image
 from swapwatch.stream.faces.types import AlignedFace, Face
 from swapwatch.stream.tracker import FaceTracker, TrackerConfig
@@ -61,6 +64,7 @@ class FaceTracking:
         detect_every: int = 3,
         size: int = 224,
         margin: float = 0.15,
+        crop_size: int = CANONICAL_SIZE,
     ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -69,6 +73,7 @@ class FaceTracking:
         self.detect_every = int(detect_every)
         self.size = int(size)
         self.margin = float(margin)
+        self.crop_size = int(crop_size)
         self._since_detection: int | None = None  # frames since the detector last ran; None before the first
         self.frames = 0
         self.detections_run = 0
@@ -101,7 +106,7 @@ class FaceTracking:
         out = []
         for face in faces:
             assert face.track_id is not None
-            crop = align_face(image_bgr, face.landmarks, self.size, self.margin, face=face)
+            crop = face_input(image_bgr, face.landmarks, self.size, self.margin, self.crop_size, face=face)
             out.append(
                 TrackedFace(
                     track_id=face.track_id,

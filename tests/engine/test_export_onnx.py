@@ -15,6 +15,7 @@ from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError
+from swapwatch.stream.faces import template_landmarks
 from swapwatch.stream.cli import main
 from swapwatch.train.loop import model_from_checkpoint
 from swapwatch.train.models.base import ScoreModel
@@ -27,9 +28,12 @@ def test_export_matches_torch_on_real_faces(smoke_runs: dict[str, Path], smoke_o
     assert meta.method == method
     assert meta.export["max_abs_diff"] < 1e-4
     assert meta.alignment.name == "arcface5" and len(meta.alignment.template) == 5
-    model, _ = model_from_checkpoint(smoke_runs[method] / "checkpoints" / "last.pt")
+    model, state = model_from_checkpoint(smoke_runs[method] / "checkpoints" / "last.pt")
+    # alignment.size is the canonical crop the model was trained on (the recipe's cache size), not its input
+    assert meta.alignment.size == state["train_config"]["data"]["cache"]["size"] == 256 != meta.input_size
+    np.testing.assert_allclose(meta.alignment.template, template_landmarks(256, meta.alignment.margin), atol=1e-4)
     engine = OnnxEngine(path)
-    crops = sample_crops(engine.input_size, meta.alignment.margin)
+    crops = sample_crops(engine.input_size, meta.alignment.margin, crop_size=meta.alignment.size)
     assert len(crops) == 8  # 6 faces in t1.jpg, the astronaut, Tom Hanks
     x = engine.preprocess(crops)
     with torch.no_grad():

@@ -21,7 +21,7 @@ import pytest
 from swapwatch.errors import ConfigError
 from swapwatch.samples import sample_face_images
 from swapwatch.stream.cli import main
-from swapwatch.stream.faces.align import align_face
+from swapwatch.stream.faces.chain import face_input
 from swapwatch.stream.faces.pipeline import read_image
 from swapwatch.stream.scan.progress import ScanProgress, progress_enabled
 from swapwatch.stream.scanner import DEFAULT_DETECT_EVERY, Scanner
@@ -41,13 +41,15 @@ def with_settings(base: Scanner, **options: object) -> Scanner:
 
 
 def sequential_scores(scanner: Scanner, frames: list[np.ndarray]) -> list[list[float]]:
-    """The plain loop: detect, align and score each face on its own, frame after frame."""
+    """The plain loop: detect, align (through the model's canonical crop) and score each face on its own,
+    frame after frame."""
     engine = scanner.engine
-    size, margin = engine.input_size, engine.meta.alignment.margin
+    size, margin, crop_size = engine.input_size, engine.meta.alignment.margin, engine.meta.alignment.size
     out = []
     for image in frames:
         faces = scanner.detector.detect(image)
-        out.append([float(engine.score_crops(align_face(image, f.landmarks, size, margin).crop[None])[0]) for f in faces])
+        crops = [face_input(image, f.landmarks, size, margin, crop_size).crop for f in faces]
+        out.append([float(engine.score_crops(crop[None])[0]) for crop in crops])
     return out
 
 

@@ -4,8 +4,12 @@ Typical use::
 
     from swapwatch.stream.faces import DetectorConfig, FacePipeline, load_detector, read_image
 
-    pipeline = FacePipeline(load_detector(DetectorConfig()), size=224, margin=0.15)
+    pipeline = FacePipeline(load_detector(DetectorConfig()), size=224, margin=0.15, crop_size=256)
     crops = pipeline.process(read_image("frame.jpg"))
+
+Every model input goes through one resampling chain (`chain.py`): `align_face` at the canonical crop
+size (a model's `alignment.size`, `CANONICAL_SIZE` by default), then `to_input` to the input size;
+`face_input` is the two steps on a frame.
 """
 
 from swapwatch.stream.faces.align import (
@@ -15,6 +19,7 @@ from swapwatch.stream.faces.align import (
     similarity_matrix,
     template_landmarks,
 )
+from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input, to_input
 from swapwatch.stream.faces.config import DetectorConfig
 from swapwatch.stream.faces.detector import FaceDetector, load_detector
 from swapwatch.stream.faces.insightface_pack import InsightFaceDetector
@@ -25,6 +30,7 @@ from swapwatch.stream.faces.types import AlignedFace, Face
 
 __all__ = [
     "ALIGNMENT",
+    "CANONICAL_SIZE",
     "AlignedFace",
     "DetectorConfig",
     "EmbeddedRetinaFace",
@@ -34,9 +40,11 @@ __all__ = [
     "InsightFaceDetector",
     "align_face",
     "alignment_spec",
+    "face_input",
     "load_detector",
     "make_session",
     "read_image",
     "similarity_matrix",
     "template_landmarks",
+    "to_input",
 ]

@@ -1,7 +1,9 @@
 """Detect, filter and align: the one path from a BGR frame to template-aligned face crops.
 
-The dataset cache and the live monitor both call `FacePipeline.process`, so training crops and
-live crops share detector settings, size filter and geometry.
+The dataset cache and the scoring paths share `FacePipeline`'s detector settings, size filter and
+geometry. `process` makes model inputs through the shared resampling chain (`chain.face_input`:
+aligned at the canonical `crop_size`, then shrunk to `size`); the training cache, whose crops *are*
+the canonical crops, aligns the faces `faces()` selects straight at its own size.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 
 from swapwatch.errors import MediaError
-from swapwatch.stream.faces.align import align_face
+from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input
 from swapwatch.stream.faces.detector import FaceDetector, check_image, keep_large_enough
 from swapwatch.stream.faces.types import AlignedFace, Face
 
@@ -48,6 +50,8 @@ class FacePipeline:
     dataset cache where the subject is the biggest face and bystanders can score just as high).
     `min_face` is an extra floor on the shorter box side on top of the detector's own `min_face`,
     for callers (e.g. a training cache) that want only faces big enough to carry detail.
+    `crop_size` is the canonical aligned-crop side crops go through before they are shrunk to `size`
+    (a model's `alignment.size`; `CANONICAL_SIZE` by default); crop_size == size is a direct warp.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class FacePipeline:
         *,
         min_face: int = 0,
         keep: Literal["score", "largest"] = "score",
+        crop_size: int = CANONICAL_SIZE,
     ) -> None:
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {max_faces}")
@@ -70,6 +75,7 @@ class FacePipeline:
         self.max_faces = max_faces
         self.min_face = min_face
         self.keep = keep
+        self.crop_size = int(crop_size)
 
     def select(self, faces: list[Face]) -> list[Face]:
         """Apply the size floor, then the ordering and the max_faces cap."""
@@ -78,7 +84,14 @@ class FacePipeline:
             faces = sorted(faces, key=lambda f: f.width * f.height, reverse=True)
         return faces if self.max_faces is None else faces[: self.max_faces]
 
-    def process(self, image_bgr: np.ndarray) -> list[AlignedFace]:
+    def faces(self, image_bgr: np.ndarray) -> list[Face]:
+        """The detected faces this pipeline keeps, in `keep` order."""
         check_image(image_bgr)
-        faces = self.select(self.detector.detect(image_bgr))
-        return [align_face(image_bgr, f.landmarks, self.size, self.margin, face=f) for f in faces]
+        return self.select(self.detector.detect(image_bgr))
+
+    def process(self, image_bgr: np.ndarray) -> list[AlignedFace]:
+        """Model inputs at `size` for the kept faces, through the canonical crop at `crop_size`."""
+        return [
+            face_input(image_bgr, f.landmarks, self.size, self.margin, self.crop_size, face=f)
+            for f in self.faces(image_bgr)
+        ]

@@ -14,6 +14,10 @@ It is split in two steps so that the part that must see frames in order stays sm
 Keeping two or more threads busy matters on a shared machine too: the kernel shares the cores per
 runnable thread, so a pipeline with one busy thread loses its share to a loop running two.
 
+Crops go through the shared resampling chain (`faces.chain.face_input`): aligned at the model's
+canonical crop size (`alignment.size`, the crop it was trained on), then shrunk to its input size;
+`--crops` images are shrunk by the chain's last step alone (`resize_crop`).
+
 Crops leave this stage preprocessed (float32 NCHW, via `engine.preprocess`), so the scorer's thread
 only concatenates and runs inference, and the frame image is dropped here.
 """
@@ -28,7 +32,7 @@ import numpy as np
 
 from swapwatch.engine.onnx_runtime import resize_crop
 from swapwatch.errors import SwapwatchError
-from swapwatch.stream.faces.align import align_face
+from swapwatch.stream.faces.chain import face_input
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.scan.interpolate import KeyframeInterpolator, PlacedFace
 from swapwatch.stream.scan.items import (
@@ -49,7 +53,7 @@ def _box(box: np.ndarray) -> tuple[float, float, float, float]:
 class FaceStage:
     """`locate(item)` (one thread; only needed when `interpolating`) then `finish(item)` (any thread).
 
-    `engine` is only used for its `input_size`, its alignment margin and `preprocess`.
+    `engine` is only used for its `input_size`, its alignment margin and size, and `preprocess`.
     """
 
     def __init__(self, detector: FaceDetector, engine: Any, detect_every: int = 1) -> None:
@@ -59,6 +63,7 @@ class FaceStage:
         self.engine = engine
         self.size = int(engine.input_size)
         self.margin = float(engine.meta.alignment.margin)
+        self.crop_size = int(engine.meta.alignment.size)
         self.detect_every = detect_every
         self._interp: dict[int, KeyframeInterpolator] = {}
         self._lock = threading.Lock()
@@ -117,6 +122,9 @@ class FaceStage:
             return self._placed(item, item.placed)
         return self._detect_and_align(item)
 
+    def _align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        return face_input(image, landmarks, self.size, self.margin, self.crop_size).crop
+
     def _crops(self, out: FaceFrame, crops: Sequence[np.ndarray]) -> FaceFrame:
         if crops:
             out.crops = self.engine.preprocess(np.stack(crops))
@@ -125,7 +133,7 @@ class FaceStage:
     def _placed(self, job: FrameJob, faces: list[PlacedFace]) -> FaceFrame:
         out = FaceFrame(job.seq, job.file, job.index)
         try:
-            crops = [align_face(job.image, f.landmarks, self.size, self.margin).crop for f in faces]
+            crops = [self._align(job.image, f.landmarks) for f in faces]
             out.faces = [FaceInfo(_box(f.box), round(f.score, 4), f.track, f.detected) for f in faces]
             return self._crops(out, crops)
         except (SwapwatchError, ValueError) as err:
@@ -139,7 +147,7 @@ class FaceStage:
                 return self._crops(out, [resize_crop(job.image, self.size)])
             faces = self.detector.detect(job.image)
             self._count_detection()
-            crops = [align_face(job.image, f.landmarks, self.size, self.margin).crop for f in faces]
+            crops = [self._align(job.image, f.landmarks) for f in faces]
             out.faces = [FaceInfo(_box(f.box), round(float(f.score), 4)) for f in faces]
             return self._crops(out, crops)
         except (SwapwatchError, ValueError) as err:

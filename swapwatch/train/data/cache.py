@@ -13,6 +13,10 @@ its records appended to index.jsonl in one flushed write, then the item is marke
 items.jsonl, so an interrupted build resumes where it stopped: finished items are skipped and records
 of an unfinished item are dropped. A cache built with other parameters is never mixed with new crops:
 the build stops and asks for another root or `rebuild=True`.
+
+The crops are the *canonical* crops of the shared resampling chain (`swapwatch.stream.faces.chain`):
+`align_face` straight at `size`; training and `eval` shrink them to a model's input with `to_input`,
+and a model's metadata records `size` as its `alignment.size`, which the monitor aligns at.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tqdm import tqdm
 
 from swapwatch.config import StrictModel
 from swapwatch.errors import ConfigError, DatasetLayoutError, MediaError
-from swapwatch.stream.faces import DetectorConfig, FacePipeline, alignment_spec, load_detector
+from swapwatch.stream.faces import DetectorConfig, FacePipeline, align_face, alignment_spec, load_detector
 from swapwatch.train.data.items import MediaItem
 from swapwatch.train.data.media import read_image, sample_video
 
@@ -297,7 +301,10 @@ def _cache_item(
         for frame_index, image in _frames(item, cfg.frames_per_video):
             frames_seen += 1
             try:
-                aligned = pipeline.process(image)
+                # canonical crops: the pipeline detects and selects, the crop is a direct warp at cfg.size
+                aligned = [
+                    align_face(image, f.landmarks, cfg.size, cfg.margin, face=f) for f in pipeline.faces(image)
+                ]
             except ValueError as err:  # e.g. degenerate landmarks from the detector
                 log.warning("%s frame %d: face alignment failed (%s); frame skipped", item.path, frame_index, err)
                 aligned = []
@@ -349,6 +356,7 @@ def _make_pipeline(cfg: FaceCacheConfig, pipeline: FacePipeline | None) -> FaceP
             max_faces=cfg.max_faces_per_frame,
             min_face=cfg.min_face,
             keep=cfg.keep,
+            crop_size=cfg.size,
         )
     wanted = {
         "size": cfg.size,
