@@ -20,7 +20,7 @@ def test_default_model_and_sidecar_ship_with_the_package() -> None:
 
 def test_default_model_scores_real_sample_faces() -> None:
     engine = OnnxEngine()
-    crops = sample_crops(engine.input_size, engine.meta.alignment.margin)
+    crops = sample_crops(engine.input_size, engine.meta.alignment.margin, crop_size=engine.meta.alignment.size)
     a = engine.score_crops(crops)
     b = engine.score_crops(crops[::-1])[::-1]
     assert a.shape == (len(crops),) and np.all((a >= 0) & (a <= 1))
