@@ -379,6 +379,24 @@ def _calibration_method(name: str) -> Any:
             "entropy": CalibrationMethod.Entropy}[name]
 
 
+def _pre_process(quant_pre_process: Any, src: Path, pre: Path, tmp: Path) -> None:
+    """ORT's pre-processing, run inside `tmp` (its symbolic shape inference drops temporary files into the
+    working directory). A graph whose shapes it cannot infer symbolically (AIRL's block-DCT reshapes) is
+    pre-processed again with ONNX's own shape inference only, which is all quantisation needs here."""
+    try:
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(src.resolve()), str(pre))
+        return
+    except Exception as err:  # noqa: BLE001 - ORT raises plain Exception here
+        first = str(err).strip()[:300]
+    log.warning("%s: symbolic shape inference failed (%s); pre-processing with ONNX shape inference only", src, first)
+    try:
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(src.resolve()), str(pre), skip_symbolic_shape=True)
+    except Exception as err:  # noqa: BLE001
+        raise ModelFileError(src, f"quantization pre-processing failed: {str(err).strip()[:300]}") from err
+
+
 def quantize_onnx_int8(
     fp32_onnx: str | Path, out: str | Path, batch: np.ndarray | PreprocessedCrops, cfg: Int8Config | None = None
 ) -> dict[str, Any]:
@@ -411,10 +429,7 @@ def quantize_onnx_int8(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="swapwatch-int8-") as tmp, _quiet_ort_quantization():
         pre = Path(tmp) / "pre.onnx"
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception as err:
-            raise ModelFileError(src, f"quantization pre-processing failed: {str(err).strip()[:300]}") from err
+        _pre_process(quant_pre_process, src, pre, Path(tmp))
         pre_model = onnx.load(str(pre))
         equalized = equalize_cross_layer(pre_model) if cfg.equalize else 0
         if equalized:

@@ -237,3 +237,32 @@ def test_cross_layer_equalization_keeps_the_float_function() -> None:
     w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     r1 = np.abs(w["w1"]).reshape(8, -1).max(1)
     assert r1.max() / r1.min() < 10  # was ~1000
+
+
+def test_a_graph_without_symbolic_shapes_is_pre_processed_with_onnx_shapes_and_leaves_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AIRL on timm's EfficientNet-Lite0 (the default model's graph, here random-init at 64 px) defeats ORT's
+    symbolic shape inference; INT8 still builds (ONNX shape inference only), runs, and ORT's temporary
+    files do not land in the working directory."""
+    torch = pytest.importorskip("torch")
+    from swapwatch.train.models.airl import AIRLConfig, AIRLDetector
+    from swapwatch.train.models.base import ScoreModel
+
+    model = ScoreModel(AIRLDetector(AIRLConfig(rgb_backbone="efficientnet_lite0", image_size=64))).eval()
+    src = tmp_path / "lite0.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(src), input_names=["input"], output_names=["score"],
+                      dynamic_axes={"input": {0: "batch"}, "score": {0: "batch"}}, opset_version=17, dynamo=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    x = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="swapwatch.calib.int8"):
+        info = quantize_onnx_int8(src, tmp_path / "lite0.int8.onnx", x)
+    assert "symbolic shape inference failed" in caplog.text
+    assert info["quantize_linear"] > 0
+    assert list(work.iterdir()) == []
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(tmp_path / "lite0.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.shape[0] == 4 and np.all(np.isfinite(out))
