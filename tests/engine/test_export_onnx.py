@@ -97,3 +97,18 @@ def test_export_of_a_non_checkpoint_exits_1(tmp_path: Path, capsys: pytest.Captu
     bogus.write_bytes(b"not a checkpoint")
     assert main(["export", str(bogus), "--out", str(tmp_path / "x.onnx")]) == 1
     assert "bogus.pt" in capsys.readouterr().err
+
+
+def test_store_fp16_halves_the_file_and_keeps_the_scores(smoke_runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "airl.onnx"
+    assert main(["export", str(smoke_runs["airl"] / "checkpoints" / "last.pt"), "--out", str(out)]) == 0
+    fp32 = OnnxEngine(out)
+    crops = sample_crops(fp32.input_size, fp32.meta.alignment.margin, crop_size=fp32.meta.alignment.size)
+    before, size_before = fp32.score_crops(crops), out.stat().st_size
+    fp32.close()
+    assert main(["export", str(smoke_runs["airl"] / "checkpoints" / "last.pt"), "--out", str(out), "--store-fp16"]) == 0
+    compact = OnnxEngine(out)  # loads: the sidecar's hash matches the rewritten file
+    info = compact.meta.export["weights_storage"]
+    assert info["dtype"] == "float16" and info["tensors"] > 0 and info["max_abs_diff"] < 1e-2
+    assert out.stat().st_size < 0.6 * size_before
+    np.testing.assert_allclose(compact.score_crops(crops), before, atol=1e-2)
