@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +56,9 @@ def sample_crops(size: int, margin: float, limit: int = 16, *, crop_size: int | 
     if not crops:
         raise NoFaceError("no face found in the package sample images")
     return np.stack(crops[:limit])
+
+
+def model_sample_crops(meta: Any) -> np.ndarray:
+    """`sample_crops` with a model's own geometry: its input size, alignment margin and canonical crop
+    (an `EngineMetadata`, e.g. `engine.meta`)."""
+    return sample_crops(int(meta.input_size), float(meta.alignment.margin), crop_size=int(meta.alignment.size))

@@ -38,7 +38,7 @@ from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.engine.plan_cache import BatchProfile, descriptor_path
 from swapwatch.engine.torch_runtime import checkpoint_crop_size, checkpoint_margin, metadata_for_checkpoint
 from swapwatch.errors import ConfigError, ModelFileError, SwapwatchError
-from swapwatch.samples import sample_crops  # noqa: F401 - re-exported for callers of export
+from swapwatch.samples import model_sample_crops, sample_crops  # noqa: F401 - sample_crops re-exported for callers of export
 from swapwatch.train.models.base import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _reduced_onnx(
     fn = calib_function(precision)
     if calib_crops is None:
         meta = read_metadata(fp32_onnx)
-        calib_crops = sample_crops(meta.input_size, meta.alignment.margin, crop_size=meta.alignment.size)
+        calib_crops = model_sample_crops(meta)
         calib_source = "package sample faces"
         if precision == "int8":
             log.warning("int8: calibrating on the %d package sample faces only; pass --calib-crops with "
@@ -232,7 +232,7 @@ def _check_engine(
 
     model, _ = model_from_checkpoint(checkpoint)
     if crops is None:
-        crops = sample_crops(meta.input_size, meta.alignment.margin, crop_size=meta.alignment.size)
+        crops = model_sample_crops(meta)
     try:
         x = engine.preprocess(crops)
         diff = float(np.max(np.abs(engine.infer(x) - _torch_scores(ScoreModel(model).eval(), x))))

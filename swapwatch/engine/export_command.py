@@ -82,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.store_fp16:
         from swapwatch.engine.compact import compact_onnx
         from swapwatch.engine.metadata import read_metadata
-        from swapwatch.samples import sample_crops
+        from swapwatch.samples import model_sample_crops
 
-        meta = read_metadata(report.path)
-        info = compact_onnx(report.path, sample_crops(meta.input_size, meta.alignment.margin, crop_size=meta.alignment.size))
+        info = compact_onnx(report.path, model_sample_crops(read_metadata(report.path)))
         print(f"weights stored as float16: {info['bytes_before'] / 1e6:.1f} -> {info['bytes_after'] / 1e6:.1f} MB, "
               f"max score change {info['max_abs_diff']:.2e} on {info['check_crops']} real face crops")
     return 0

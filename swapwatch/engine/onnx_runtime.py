@@ -36,7 +36,6 @@ from swapwatch.engine.base import BackendUnavailable, Engine
 from swapwatch.engine.metadata import EngineMetadata, read_metadata
 from swapwatch.engine.plan_cache import BatchProfile, PlanCache, cuda_gpu
 from swapwatch.errors import ModelFileError
-from swapwatch.stream.faces.chain import to_input
 from swapwatch.stream.faces.onnx_session import make_session, session_options
 
 log = logging.getLogger(__name__)
@@ -193,10 +192,3 @@ class OnnxEngine(Engine):
             return
         super().close()
         self.session = None  # type: ignore[assignment]
-
-
-def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
-    """An aligned crop (e.g. a canonical crop from the training cache) -> the model's input side, by the
-    shared chain's last step (`faces.chain.to_input`: INTER_AREA shrink, identity at the same size)."""
-    return to_input(crop, size)
-

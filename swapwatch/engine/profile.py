@@ -107,10 +107,9 @@ def batch_sizes_for(engine: SupportsInfer, sizes: Sequence[int] = DEFAULT_BATCHE
 
 def real_face_batch(engine: Any) -> np.ndarray:
     """Preprocessed real aligned face crops (the package sample photos) for this engine's input size."""
-    from swapwatch.samples import sample_crops
+    from swapwatch.samples import model_sample_crops
 
-    meta = engine.meta
-    return engine.preprocess(sample_crops(engine.input_size, meta.alignment.margin, crop_size=meta.alignment.size))
+    return engine.preprocess(model_sample_crops(engine.meta))
 
 
 def tile(crops: np.ndarray, batch: int) -> np.ndarray:

@@ -625,16 +625,16 @@ def warm_up(engine: Engine, detector: FaceDetector) -> None:
     engine.infer(engine.preprocess(np.zeros((1, size, size, 3), np.uint8)))
 
 
-def profile_on_sample_faces(engine: Engine, size: int, margin: float, crop_size: int | None = None) -> Any:
+def profile_on_sample_faces(engine: Engine, size: int, margin: float) -> Any:
     """The engine's batch-size profile measured on the package's real sample faces (~1-2 s), aligned
-    with the monitor's own geometry (and resampling chain: `crop_size` defaults to the model's
-    `alignment.size`) so the profile sees the crops the monitor will send."""
+    with the monitor's own geometry (and resampling chain, through the model's `alignment.size`) so the
+    profile sees the crops the monitor will send."""
     from swapwatch.engine.profile import profile_engine
     from swapwatch.errors import NoFaceError
     from swapwatch.samples import sample_crops
 
     try:
-        crops = sample_crops(size, margin, crop_size=crop_size or int(engine.meta.alignment.size))
+        crops = sample_crops(size, margin, crop_size=int(engine.meta.alignment.size))
     except NoFaceError:
         raise SwapwatchError("no face found in the package sample images to profile the engine with; "
                              "set batcher.max_batch and batcher.max_wait_ms") from None
@@ -958,7 +958,7 @@ class Monitor:
             await asyncio.to_thread(warm_up, engine, detector)
             profile = None
             if cfg.batcher.max_batch is None or cfg.batcher.max_wait_ms is None:
-                profile = await asyncio.to_thread(profile_on_sample_faces, engine, size, margin, crop_size)
+                profile = await asyncio.to_thread(profile_on_sample_faces, engine, size, margin)
             batcher = MicroBatcher(engine, cfg.batcher, profile=profile)
             await batcher.start()
             log.info("monitor: %s on %s, batcher max_batch=%s max_wait=%.2f ms, thresholds %s", engine.path.name,

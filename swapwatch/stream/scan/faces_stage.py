@@ -16,7 +16,7 @@ runnable thread, so a pipeline with one busy thread loses its share to a loop ru
 
 Crops go through the shared resampling chain (`faces.chain.face_input`): aligned at the model's
 canonical crop size (`alignment.size`, the crop it was trained on), then shrunk to its input size;
-`--crops` images are shrunk by the chain's last step alone (`resize_crop`).
+`--crops` images are shrunk by the chain's last step alone (`to_input`).
 
 Crops leave this stage preprocessed (float32 NCHW, via `engine.preprocess`), so the scorer's thread
 only concatenates and runs inference, and the frame image is dropped here.
@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from swapwatch.engine.onnx_runtime import resize_crop
 from swapwatch.errors import SwapwatchError
-from swapwatch.stream.faces.chain import face_input
+from swapwatch.stream.faces.chain import face_input, to_input
 from swapwatch.stream.faces.detector import FaceDetector
 from swapwatch.stream.scan.interpolate import KeyframeInterpolator, PlacedFace
 from swapwatch.stream.scan.items import (
@@ -144,7 +143,7 @@ class FaceStage:
         try:
             if job.kind == "crop":
                 out.faces = [FaceInfo(box=None, det_score=None)]
-                return self._crops(out, [resize_crop(job.image, self.size)])
+                return self._crops(out, [to_input(job.image, self.size)])
             faces = self.detector.detect(job.image)
             self._count_detection()
             crops = [self._align(job.image, f.landmarks) for f in faces]
