@@ -27,11 +27,13 @@ from swapwatch.train.config import CacheSettings, SamplesSource, TrainConfig
 from swapwatch.train.data import read_dataset
 from swapwatch.train.data.cache import CropRecord, build_face_cache, load_face_cache
 from swapwatch.train.data.items import MediaItem
+from swapwatch.train.data.media import read_image
 from swapwatch.train.dataset import TrainFaces, TrainPairs, ValFaces, source_weights, split_by_video
 from swapwatch.train.metrics import compute_metrics
 from swapwatch.train.models import build_model, parse_model_config
 from swapwatch.train.models.base import Detector
 from swapwatch.train.plots import plot_loss_curves, plot_roc
+from swapwatch.train.pseudofakes.restorer import ensure_restorer
 from swapwatch.train.samples_data import sample_items
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
         log.warning("no held-out videos (too few sources for val_fraction); validating on training crops")
         val_recs = train_recs
     log.info("crops: %d train, %d val", len(train_recs), len(val_recs))
+    pf = cfg.data.pseudo_fakes
+    if pf is not None and pf.mix.get("restored", 0.0) > 0:
+        ensure_restorer(pf.restored, [r.crop for r in train_recs], read_image, cfg.seed)
 
     model = build_model(cfg.model).to(device)
     if getattr(model, "pretrained", True) is False:

@@ -8,7 +8,9 @@ Recipes (all made from a single real aligned crop, no fake data needed):
   up-sampling fingerprints, the target of the AIRL frequency stream);
 * "clean_face":  a restored, cleaner inner face pasted into a grainy context (the direction modern
   swappers with face restorers take; see cleaner.py);
-* "whole_synth": the whole crop re-rendered through a periodic up-sampler (faces synthesised whole).
+* "whole_synth": the whole crop re-rendered through a periodic up-sampler (faces synthesised whole);
+* "restored":    the face rendered by a small encoder-decoder trained here on real faces, upsampled and
+  pasted back (a real generator's texture; see restorer.py).
 
 A recipe may change the real side too: `PseudoFake.real` is the real image the fake must be paired
 with (clean_face's grainy context); it is the untouched crop for the other recipes.
@@ -28,9 +30,10 @@ from pydantic import Field, field_validator
 from swapwatch.config import StrictModel
 from swapwatch.train.pseudofakes.cleaner import CleanFaceConfig, WholeSynthConfig, clean_face, whole_synth
 from swapwatch.train.pseudofakes.reconstruct import ReconstructConfig, check_weights, reconstruct_blend
+from swapwatch.train.pseudofakes.restorer import RestorerConfig, RestorerNet, load_restorer, restored_face
 from swapwatch.train.pseudofakes.self_blend import SelfBlendConfig, self_blend
 
-KINDS = ("self_blend", "reconstruct", "clean_face", "whole_synth")
+KINDS = ("self_blend", "reconstruct", "clean_face", "whole_synth", "restored")
 
 
 class PseudoFakeConfig(StrictModel):
@@ -42,6 +45,7 @@ class PseudoFakeConfig(StrictModel):
     )
     clean_face: CleanFaceConfig = Field(default_factory=CleanFaceConfig, description="Cleaner-face settings.")
     whole_synth: WholeSynthConfig = Field(default_factory=WholeSynthConfig, description="Whole-crop settings.")
+    restored: RestorerConfig = Field(default_factory=RestorerConfig, description="Restorer-network settings.")
     mix: dict[str, float] = Field(
         {"self_blend": 0.7, "reconstruct": 0.3},
         description=f"Relative weight of each recipe ({', '.join(KINDS)}); non-negative, positive sum.",
@@ -75,6 +79,17 @@ class PseudoFakeGenerator:
         weights = np.asarray([self.cfg.mix[k] for k in names], np.float64)
         self.kinds: tuple[str, ...] = tuple(names)
         self._p = weights / weights.sum()
+        self._net: RestorerNet | None = None
+
+    def restorer(self) -> RestorerNet:
+        """The restorer network, loaded on first use in each process (DataLoader workers included)."""
+        if self._net is None:
+            self._net = load_restorer(self.cfg.restored.weights)
+        return self._net
+
+    def __getstate__(self) -> dict[str, object]:
+        # Workers load their own copy; a loaded network is not sent through pickling.
+        return {**self.__dict__, "_net": None}
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self._p))]
@@ -85,6 +100,8 @@ class PseudoFakeGenerator:
             image, mask = reconstruct_blend(crop, landmarks, rng, self.cfg.reconstruct)
         elif kind == "clean_face":
             image, mask, real = clean_face(crop, landmarks, rng, self.cfg.clean_face)
-        else:
+        elif kind == "whole_synth":
             image, mask = whole_synth(crop, landmarks, rng, self.cfg.whole_synth)
+        else:
+            image, mask = restored_face(crop, landmarks, rng, self.restorer(), self.cfg.restored)
         return PseudoFake(image=image, mask=mask, kind=kind, real=real)
