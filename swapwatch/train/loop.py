@@ -33,7 +33,7 @@ from swapwatch.train.metrics import compute_metrics
 from swapwatch.train.models import build_model, parse_model_config
 from swapwatch.train.models.base import Detector
 from swapwatch.train.plots import plot_loss_curves, plot_roc
-from swapwatch.train.pseudofakes.restorer import ensure_restorer
+from swapwatch.train.pseudofakes.restorer_net import ensure_restorer
 from swapwatch.train.samples_data import sample_items
 
 log = logging.getLogger(__name__)

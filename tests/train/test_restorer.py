@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +14,8 @@ import torch
 from pydantic import ValidationError
 
 from swapwatch.train.pseudofakes import PseudoFakeConfig, PseudoFakeGenerator
-from swapwatch.train.pseudofakes.restorer import (
-    RestorerConfig,
-    RestorerNet,
-    degrade_input,
-    ensure_restorer,
-    load_restorer,
-    restored_face,
-    run_net,
-    train_restorer,
-)
+from swapwatch.train.pseudofakes.restorer import RestorerConfig, degrade_input, restored_face
+from swapwatch.train.pseudofakes.restorer_net import RestorerNet, ensure_restorer, load_restorer, run_net, train_restorer
 from tests.train.test_pseudofakes import FACES, _aligned
 
 CROPS = [_aligned(name, 256)[0] for name in FACES]
@@ -64,7 +59,7 @@ def test_saved_weights_reload_to_the_same_network(trained: tuple[RestorerConfig,
 def test_restored_face_changes_only_the_masked_region(trained: tuple[RestorerConfig, RestorerNet], seed: int) -> None:
     cfg, net = trained
     crop, lm = _aligned(FACES[seed % len(FACES)], 256)
-    fake, mask = restored_face(crop, lm, np.random.default_rng(seed), net, cfg)
+    fake, mask = restored_face(crop, lm, np.random.default_rng(seed), partial(run_net, net), cfg)
     assert fake.shape == crop.shape and fake.dtype == np.uint8
     assert mask.shape == crop.shape[:2] and 0.0 <= mask.min() and mask.max() <= 1.0
     assert np.array_equal(fake[mask == 0], crop[mask == 0])
@@ -75,8 +70,8 @@ def test_restored_face_changes_only_the_masked_region(trained: tuple[RestorerCon
 def test_restored_face_is_deterministic_per_seed(trained: tuple[RestorerConfig, RestorerNet]) -> None:
     cfg, net = trained
     crop, lm = _aligned("tom", 256)
-    a = restored_face(crop, lm, np.random.default_rng(7), net, cfg)[0]
-    b = restored_face(crop, lm, np.random.default_rng(7), net, cfg)[0]
+    a = restored_face(crop, lm, np.random.default_rng(7), partial(run_net, net), cfg)[0]
+    b = restored_face(crop, lm, np.random.default_rng(7), partial(run_net, net), cfg)[0]
     assert np.array_equal(a, b)
 
 
@@ -94,7 +89,7 @@ def test_generator_runs_the_restorer_and_pickles_without_it(trained: tuple[Resto
     fake = gen(crop, lm, np.random.default_rng(0))
     assert fake.kind == "restored" and fake.real is crop
     clone = pickle.loads(pickle.dumps(gen))
-    assert clone._net is None
+    assert clone._render is None
     assert np.array_equal(clone(crop, lm, np.random.default_rng(0)).image, fake.image)
 
 
@@ -116,3 +111,11 @@ def test_config_rejects_bad_values(kwargs: dict, needle: str) -> None:
 def test_missing_weights_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_restorer(tmp_path / "nothing.pt")
+
+
+def test_pseudo_fakes_without_the_restorer_never_import_torch() -> None:
+    """The demo clip makes self-blends in a process without torch: only the restorer's network needs it."""
+    code = ("import sys, numpy as np; from swapwatch.train.pseudofakes import PseudoFakeGenerator; "
+            "from swapwatch.train.pseudofakes.restorer import restored_face; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

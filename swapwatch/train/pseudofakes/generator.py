@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from swapwatch.config import StrictModel
 from swapwatch.train.pseudofakes.cleaner import CleanFaceConfig, WholeSynthConfig, clean_face, whole_synth
 from swapwatch.train.pseudofakes.reconstruct import ReconstructConfig, check_weights, reconstruct_blend
-from swapwatch.train.pseudofakes.restorer import RestorerConfig, RestorerNet, load_restorer, restored_face
+from swapwatch.train.pseudofakes.restorer import Render, RestorerConfig, restored_face
 from swapwatch.train.pseudofakes.self_blend import SelfBlendConfig, self_blend
 
 KINDS = ("self_blend", "reconstruct", "clean_face", "whole_synth", "restored")
@@ -79,17 +79,22 @@ class PseudoFakeGenerator:
         weights = np.asarray([self.cfg.mix[k] for k in names], np.float64)
         self.kinds: tuple[str, ...] = tuple(names)
         self._p = weights / weights.sum()
-        self._net: RestorerNet | None = None
+        self._render: Render | None = None
 
-    def restorer(self) -> RestorerNet:
-        """The restorer network, loaded on first use in each process (DataLoader workers included)."""
-        if self._net is None:
-            self._net = load_restorer(self.cfg.restored.weights)
-        return self._net
+    def restorer(self) -> Render:
+        """The restorer network, loaded on first use in each process (DataLoader workers included); torch is
+        imported only then."""
+        if self._render is None:
+            from functools import partial
+
+            from swapwatch.train.pseudofakes.restorer_net import load_restorer, run_net
+
+            self._render = partial(run_net, load_restorer(self.cfg.restored.weights))
+        return self._render
 
     def __getstate__(self) -> dict[str, object]:
         # Workers load their own copy; a loaded network is not sent through pickling.
-        return {**self.__dict__, "_net": None}
+        return {**self.__dict__, "_render": None}
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self._p))]
