@@ -41,10 +41,11 @@ from swapwatch.engine.batcher import BatcherConfig
 from swapwatch.engine.select import EngineConfig
 from swapwatch.errors import ConfigError
 from swapwatch.stream.faces.config import DetectorConfig
+from swapwatch.stream.redact import redact_secrets
 from swapwatch.stream.server.config import ServerConfig
 from swapwatch.stream.sinks import SinksConfig
 from swapwatch.stream.sinks.console import ConsoleConfig
-from swapwatch.stream.sources.config import SourceConfig, mask_url
+from swapwatch.stream.sources.config import SourceConfig
 from swapwatch.stream.temporal import SmoothingConfig
 from swapwatch.stream.tracker import TrackerConfig
 
@@ -310,25 +311,17 @@ def load_monitor_config(
     return monitor_config_from_dict(data, overrides, env=env, source=str(path) if path is not None else "<defaults>")
 
 
-def _mask_strings(data: Any, key: str = "") -> Any:
-    if isinstance(data, dict):
-        return {k: _mask_strings(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_mask_strings(v, key) for v in data]
-    if isinstance(data, str) and key in ("url", "path"):
-        return mask_url(data)
-    return data
-
-
 def effective_config_dict(cfg: MonitorConfig) -> dict[str, Any]:
-    """The config as JSON-ready data (`GET /api/config`): URL credentials masked, the server token shown
-    as `**********`, secrets that come from the environment only as variable names."""
-    data: dict[str, Any] = _mask_strings(cfg.model_dump(mode="json", by_alias=False))
+    """The config as JSON-ready data (`GET /api/config`), through `redact_secrets`: URL credentials
+    masked, the server token shown as `**********`, TURN credentials, header values and any other
+    secret-named field as `***`, secrets that come from the environment only as variable names."""
+    data: dict[str, Any] = redact_secrets(cfg.model_dump(mode="json", by_alias=False))
     return data
 
 
 def effective_config_yaml(cfg: MonitorConfig) -> str:
-    """The config as YAML for `--print-config`: every field with its value, URL credentials masked.
+    """The config as YAML for `--print-config`: every field with its value, secrets redacted as in
+    `effective_config_dict`.
 
     Paths print as strings; secrets that come from the environment appear only as variable names.
     """

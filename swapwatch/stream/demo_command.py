@@ -16,7 +16,8 @@ What it does, with nothing but the installed package (no network, no torch):
    scores per face with the segment and thresholds), `events.jsonl`, `report.json`, and `evidence/` for
    any alert.
 
-Exit 0 when the run worked, whatever the model decided; 1 on a runtime failure; 2 on bad options.
+Its first line says where the outputs go. Exit 0 when the run worked, whatever the model decided; 1 on
+a runtime failure; 2 on bad options.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     clip_path = out / "clip.mp4"
+    outputs = "clip.mp4, annotated.mp4, timeline.png, events.jsonl, report.json"
+    outputs += "" if args.no_evidence else ", evidence/"
+    print(f"swapwatch demo: writing into {out.resolve()}/ ({outputs}); choose another folder with --out",
+          flush=True)
     overrides: dict[str, object] = {
         "sources": [{"url": str(clip_path), "name": "demo", "realtime": not args.fast}],
         "sinks.console": None,

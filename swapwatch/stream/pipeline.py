@@ -48,7 +48,7 @@ import math
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -75,7 +75,9 @@ from swapwatch.stream.events import (
     summary_event,
 )
 from swapwatch.stream.faces.detector import FaceDetector
+from swapwatch.stream.redact import log_text
 from swapwatch.stream.sinks import Sink, SinkSet
+from swapwatch.stream.sinks.metrics import FRAME_DROP_REASONS
 from swapwatch.stream.temporal import (
     LEVEL,
     SmoothingConfig,
@@ -84,8 +86,12 @@ from swapwatch.stream.temporal import (
     TrackSmoother,
     TrackState,
 )
+from swapwatch.stream.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+
+SOURCE_DROPS_POLL_S = 1.0
+"""How often the source's own drop counters (latest-policy replacements, damaged packets) are read."""
 
 STAGES: tuple[str, ...] = ("decode", "queue", "detect", "batch_wait", "infer", "smooth", "emit")
 """Per-frame stages whose times the monitor reports (ms). `decode` only when the source measures it."""
@@ -201,6 +207,8 @@ class StreamReport:
     worst_state: State = "clear"
     max_score: float | None = None
     error: str | None = None
+    last_error: str | None = None
+    """Why the source last lost or failed to open its connection (also kept once it recovered)."""
     timings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -301,6 +309,12 @@ class _StreamWorker:
         self._failed_batches = 0
         self.started_wall = time.time()
         self._processed: deque[float] = deque(maxlen=512)
+        self._drop_log = ThrottledLog(log, f"stream {self.name}", "frames dropped", level=logging.INFO, interval_s=60.0)
+        self._source_drops = {"source_queue_full": 0, "decode_error": 0}  # source counters already counted
+        self._source_drops_read = 0.0
+        if shared.metrics is not None:
+            for reason in FRAME_DROP_REASONS:  # every reason shows as 0 from the start, so rate() works at once
+                shared.metrics.dropped(self.name, reason, 0)
 
     # -- events ----------------------------------------------------------------------------------------
     def verdict(self, t: float) -> StreamVerdict:
@@ -314,6 +328,10 @@ class _StreamWorker:
         reason = change.reason
         if change.new in ("failed", "reconnecting") and reason and change.url not in reason:
             reason = f"{change.url}: {reason}"  # errors name the file or URL (masked) they are about
+        if change.new in ("failed", "reconnecting"):
+            why = str(change.error) if change.error is not None else change.reason  # without "retry N in ..."
+            if why:
+                self.report.last_error = why if change.url in why else f"{change.url}: {why}"
         event = stream_event(self.name, change.new, reason, state=self.verdict(self._last_t).state)
         if change.new in ("ended", "failed"):
             self._terminal = event
@@ -324,7 +342,7 @@ class _StreamWorker:
         try:
             self.shared.sinks.publish_nowait(event)
         except RuntimeError:  # the SinkSet is closed: the monitor is past shutdown
-            log.debug("%s: event after the sinks closed: %s", self.name, event.type)
+            log.debug("%s: event after the sinks closed: %s", log_text(self.name), event.type)
 
     def _state_event(self, ts: TrackState, box: Any, pts: float | None, latency_ms: float | None) -> None:
         cal = self.shared.engine.meta.score_calibration
@@ -442,7 +460,7 @@ class _StreamWorker:
         except (BatcherClosed, asyncio.CancelledError):
             raise
         except Exception as err:  # a bug or a bad frame in this stream must not stop the others
-            log.exception("%s: processing failed; this stream stops, the others go on", self.name)
+            log.exception("%s: processing failed; this stream stops, the others go on", log_text(self.name))
             self.report.error = f"{type(err).__name__}: {err}"
             self.report.source_state = "failed"
             self._terminal = stream_event(self.name, "failed", f"processing failed: {self.report.error}")
@@ -453,7 +471,7 @@ class _StreamWorker:
         try:
             await self.source.aclose()
         except Exception:
-            log.exception("%s: closing the source failed", self.name)
+            log.exception("%s: closing the source failed", log_text(self.name))
         remove()
         reason = "stream failed" if self.report.source_state == "failed" else "stream ended"
         for track in list(self.smoothers):
@@ -465,6 +483,8 @@ class _StreamWorker:
         self._publish(self._terminal)
         self.executor.shutdown(wait=False)
         self.report.timings = self.timings.as_dict()
+        self._count_source_drops(force=True)
+        self._drop_log.flush(force=True)
 
     def _faces(self, image: np.ndarray, t: float) -> tuple[list[Any], list[int], np.ndarray | None, float]:
         """Worker thread: track, align, preprocess. Returns faces, ended track ids, batch, elapsed ms."""
@@ -482,8 +502,7 @@ class _StreamWorker:
             dropped = len(futures) - len(waiting)
             if dropped:
                 self.report.crops_dropped += dropped
-                if self.shared.metrics is not None:
-                    self.shared.metrics.dropped(self.name, "batcher_full", dropped)
+                self._dropped("batcher_full", dropped)
             results = await asyncio.gather(*waiting, return_exceptions=True)
             it = iter(results)
             outcomes: list[Any] = [next(it) if f is not None else None for f in futures]
@@ -496,9 +515,10 @@ class _StreamWorker:
                 raise o
             if isinstance(o, EngineBatchError):
                 self.report.crops_failed += 1
+                self._dropped("engine_error", 1)
                 self._failed_batches += 1
                 if self._failed_batches <= 3 or self._failed_batches % 100 == 0:
-                    log.warning("%s: a crop's batch failed in the engine (%d so far): %s", self.name,
+                    log.warning("%s: a crop's batch failed in the engine (%d so far): %s", log_text(self.name),
                                 self._failed_batches, o)
                 out.append(None)
             elif isinstance(o, BaseException):
@@ -591,6 +611,7 @@ class _StreamWorker:
             m.observe_latency(self.name, latency_ms / 1e3)
             m.frame(self.name)
             m.set_faces(self.name, len(faces))
+        self._count_source_drops()
         report = FrameReport(self.name, int(frame.index), t, frame.pts, tuple(scored_faces), stages, latency_ms)
         for observer in shared.observers:
             try:
@@ -598,6 +619,29 @@ class _StreamWorker:
             except Exception:
                 log.exception("frame observer %r failed; ignored", observer)
         return report
+
+    def _dropped(self, reason: str, n: int) -> None:
+        """Frames (or face crops) that will not be scored: counted by reason, logged at most once a minute."""
+        self._drop_log.note(reason, n)
+        if self.shared.metrics is not None:
+            self.shared.metrics.dropped(self.name, reason, n)
+
+    def _count_source_drops(self, force: bool = False) -> None:
+        """Turn the source's own counters (frames replaced under `latest`, damaged packets) into drops."""
+        now = time.monotonic()
+        if not force and now - self._source_drops_read < SOURCE_DROPS_POLL_S:
+            return
+        self._source_drops_read = now
+        stats = getattr(self.source, "stats", None)  # wrappers (e.g. a benchmark's) may have none
+        try:
+            snapshot = stats() if callable(stats) else None
+        except Exception:  # noqa: BLE001 - counting must never break a stream
+            return
+        for reason, total in (("source_queue_full", getattr(snapshot, "dropped", 0)),
+                              ("decode_error", getattr(snapshot, "decode_errors", 0))):
+            if isinstance(total, int) and total > self._source_drops[reason]:
+                self._dropped(reason, total - self._source_drops[reason])
+                self._source_drops[reason] = total
 
     def _expire(self, t: float, seen: set[int]) -> None:
         gap = self.shared.smoothing.max_gap_s
@@ -665,6 +709,10 @@ class MonitorStoppedError(SwapwatchError):
     """The monitor is stopping or has stopped: no stream can be added any more (API: 503)."""
 
 
+class StreamLimitError(SwapwatchError):
+    """A new stream would take more readers than the limit allows (API and WHIP: 429)."""
+
+
 MAX_FINISHED = 64
 """Ended/failed streams kept listed (with their final counters) until removed or replaced by a new one."""
 
@@ -683,7 +731,12 @@ class Monitor:
     track ends and `stream ended` event. `run(serve=True)` keeps the monitor up with zero or more
     streams until `stop()` (or `duration_s`) instead of ending when the last source ends, which is what
     `swapwatch serve` does. Streams that ended or failed stay listed in `status()` with their final
-    counters until removed or replaced by a new stream of the same name (the last MAX_FINISHED).
+    counters until removed or replaced by a new stream of the same name (the last MAX_FINISHED when
+    serving; a `watch` run keeps all of them for its report).
+
+    A removed stream's reader thread can outlive it for a bounded time (a network open or read blocked
+    in FFmpeg returns only at its timeout): such readers are counted by `streams_in_use` until they
+    exit, so adding and removing streams in a loop cannot pile up threads and sockets past a limit.
     """
 
     def __init__(
@@ -703,7 +756,6 @@ class Monitor:
         self.extra_sinks = list(extra_sinks)
         self.observers = list(observers)
         self.smoothing: SmoothingConfig | None = None
-        self.workers: list[_StreamWorker] = []
         self.model_info: ModelInfo | None = None
         self.engine: Engine | None = None
         self.started_wall: float | None = None
@@ -713,9 +765,15 @@ class Monitor:
         self._shared: _Shared | None = None
         self._running: dict[str, tuple[_StreamWorker, asyncio.Task[None]]] = {}
         self._listed: dict[str, _StreamWorker] = {}
+        self._draining: list[Any] = []
+        self._serve = False
+        self._reports: list[StreamReport] = []  # `watch` only: streams removed while it ran, for its report
         self._idle = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
+        self.on_stopping: list[Callable[[], Awaitable[None]]] = []
+        """Awaited in turn once the monitor stops, before it closes the remaining streams (the server ends
+        its WHIP sessions here, so their streams end with the server's reason rather than `closed`)."""
 
     # -- control ---------------------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -765,6 +823,11 @@ class Monitor:
         names += [n for n in self._listed if n not in names]
         return names
 
+    def streams_in_use(self) -> int:
+        """Streams holding a reader now: running, queued to start, and removed ones whose reader has not exited."""
+        self._draining = [s for s in self._draining if s.reader_alive]
+        return len(self._running) + len(self.extra_sources) + len(self._draining)
+
     def _taken(self) -> set[str]:
         """Names a new stream may not use: running ones and ones queued to start."""
         taken = set(self._running) | {s.name for s in self.extra_sources}
@@ -772,17 +835,23 @@ class Monitor:
             taken |= {s.resolved_name for s in self.config.sources}
         return taken
 
-    async def add_source(self, source: Any) -> str:
+    async def add_source(self, source: Any, *, limit: int | None = None) -> str:
         """Start monitoring `source` (a Source not yet started, a SourceConfig or a URL); returns its name.
 
         Before `run()` starts it is queued and starts with the configured sources. ConfigError when the
         name is already in use by a running stream (give the source another `name`) or the config is
-        invalid (naming the field); MonitorStoppedError once the monitor is stopping.
+        invalid (naming the field); MonitorStoppedError once the monitor is stopping; StreamLimitError
+        when `limit` streams are in use already (`streams_in_use`; checked and taken with no await between).
         """
         from swapwatch.stream.sources import SourceConfig, open_source
 
         if self.stopping:
             raise MonitorStoppedError("the monitor is stopping; no stream can be added")
+        if limit is not None:
+            in_use = self.streams_in_use()
+            if in_use >= limit:
+                draining = f", {len(self._draining)} of them removed and still closing" if self._draining else ""
+                raise StreamLimitError(f"{in_use} streams in use{draining} (limit {limit}); remove one or try later")
         if isinstance(source, (str, SourceConfig)):
             source = open_source(source)
         name = str(source.name)
@@ -808,11 +877,11 @@ class Monitor:
             try:
                 await worker.source.aclose()
             except Exception:
-                log.exception("%s: closing the source failed", name)
+                log.exception("%s: closing the source failed", log_text(name))
             try:
                 await asyncio.wait_for(asyncio.shield(task), self.config.stop_timeout_s)
             except TimeoutError:
-                log.warning("%s: did not finish within %.1f s of its source closing; cancelling it", name,
+                log.warning("%s: did not finish within %.1f s of its source closing; cancelling it", log_text(name),
                             self.config.stop_timeout_s)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -820,6 +889,10 @@ class Monitor:
                 pass  # the whole monitor is shutting down at the same time
             if self._listed.get(name) is worker:
                 del self._listed[name]
+                if not self._serve:
+                    self._reports.append(worker.report)
+            if worker.source.reader_alive:
+                self._draining.append(worker.source)
             return worker.report
         for source in self.extra_sources:
             if source.name == name:
@@ -861,12 +934,12 @@ class Monitor:
     def _start_worker(self, source: Any) -> _StreamWorker:
         assert self._shared is not None
         worker = _StreamWorker(self._shared, source)
-        self.workers.append(worker)
         self._listed.pop(worker.name, None)  # an ended stream of the same name is replaced by the new one
         self._listed[worker.name] = worker
-        finished = [n for n in self._listed if n not in self._running and n != worker.name]
-        for old in finished[: max(0, len(finished) - MAX_FINISHED)]:
-            del self._listed[old]
+        if self._serve:  # a long-lived server keeps the last few finished streams, not every one it ever ran
+            finished = [n for n in self._listed if n not in self._running and n != worker.name]
+            for old in finished[: max(0, len(finished) - MAX_FINISHED)]:
+                del self._listed[old]
         task = asyncio.create_task(worker.run(), name=f"swapwatch-stream-{worker.name}")
         self._running[worker.name] = (worker, task)
         self._idle.clear()
@@ -921,6 +994,7 @@ class Monitor:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"sources: stream name(s) {', '.join(map(repr, dupes))} used twice; give them distinct names")
+        self._serve = serve
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self._stop_reason is not None:
@@ -985,7 +1059,7 @@ class Monitor:
             if owns_engine:
                 engine.close()
         return MonitorReport(
-            streams={w.name: w.report for w in self.workers},
+            streams={**{r.name: r for r in self._reports}, **{w.name: w.report for w in self._listed.values()}},
             stopped_by=stopped_by,
             wall_s=time.monotonic() - started,
             timings=shared.timings.as_dict(),
@@ -1011,6 +1085,11 @@ class Monitor:
             else:
                 stopped_by = f"duration {duration_s:g} s"
             self._closing = True  # no stream may start from here on
+            for hook in list(self.on_stopping):
+                try:
+                    await asyncio.wait_for(hook(), self.config.stop_timeout_s)
+                except Exception:
+                    log.exception("monitor: a stopping hook failed; the streams are closed anyway")
             running = list(self._running.values())
             if running:
                 log.info("monitor: stopping (%s)", stopped_by)

@@ -6,12 +6,25 @@ score; video score = the mean over frames with a face of each frame's highest fa
 video-level rule the evaluation uses). No face -> score null + reason; an unreadable file -> its
 `error`, and the scan goes on. Decoding, detection and inference run as a pipeline
 (swapwatch/stream/scanner.py); a progress bar goes to stderr when it is a terminal.
+
+Exit codes (EXIT_CODES, also in `--help`): 0 every input was read (with or without faces); 1 no input
+could be read; 3 some inputs could not be read (EXIT_PARTIAL: the others were scored, and each
+unreadable one is named once on stderr as it comes); 2 bad options, or nothing to scan. A file without
+a face was read: it is not a failure.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+EXIT_PARTIAL = 3
+"""Some inputs could not be read, others could (2 is taken: argparse and config errors)."""
+EXIT_CODES = (
+    f"exit codes: 0 every input was read; 1 no input could be read; {EXIT_PARTIAL} some inputs could not be read "
+    "(each named on stderr, the others scored); 2 bad options or nothing to scan"
+)
 
 
 def _batch(value: str) -> int | str:
@@ -27,6 +40,7 @@ def _batch(value: str) -> int | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXIT_CODES
     p.add_argument("paths", nargs="*", type=Path, help="images, videos or folders (searched recursively)")
     p.add_argument("--samples", action="store_true", help="also scan the real face photos that installed packages ship")
     p.add_argument("--out", type=Path, help="write JSON Lines here (default: print to stdout)")
@@ -80,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
             out = stack.enter_context(open(args.out, "w"))
         progress = stack.enter_context(ScanProgress(len(files)))
         for result in scanner.scan_paths(files, progress):
-            failures += result.get("error") is not None
+            if result.get("error") is not None:
+                failures += 1
+                print(f"swapwatch scan: cannot read {result['path']}: {result['error']}", file=sys.stderr)
             # sys.stdout is looked up each time: while the bar shows, rich swaps in a proxy that prints
             # above the bar
             target = out if out is not None else sys.stdout
@@ -90,4 +106,11 @@ def run(args: argparse.Namespace) -> int:
         args.stats.write_text(json.dumps(scanner.stats.to_dict(), indent=2) + "\n")
     if args.out:
         print(f"scanned {len(files)} file(s) -> {args.out}" + (f" ({failures} unreadable)" if failures else ""))
+    if failures == len(files):
+        print(f"swapwatch scan: none of the {len(files)} input(s) could be read (exit 1)", file=sys.stderr)
+        return 1
+    if failures:
+        print(f"swapwatch scan: {failures} of {len(files)} inputs could not be read, the other "
+              f"{len(files) - failures} were scored (exit {EXIT_PARTIAL})", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0

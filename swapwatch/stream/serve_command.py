@@ -28,14 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="API/WHIP bearer token (prefer the SWAPWATCH_TOKEN environment variable: "
                    "command lines are visible to other users of the machine)")
     p.add_argument("--no-auth", action="store_true",
-                   help="no authentication at all; refused unless the host is a loopback address")
+                   help="no token (local use): refused unless the host is a loopback address, and then only requests "
+                   "addressed to localhost, 127.0.0.1 or [::1] are answered, and none that a foreign web page sends")
     p.add_argument("--model", type=Path, help="deepfake detector (.onnx with its sidecar, .plan, ...); default: embedded")
     p.add_argument("--no-whip", action="store_true", help="leave out WebRTC ingest (/whip, /offer)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="override any config field by its dotted path, e.g. --set server.cors_origins=[https://desk.example]")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: until a signal)")
     p.add_argument("--print-config", action="store_true",
-                   help="print the effective config as YAML (token shown as **********) and exit")
+                   help="print the effective config as YAML, secrets redacted (token shown as **********), and exit")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:

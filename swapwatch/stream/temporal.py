@@ -97,9 +97,22 @@ class CalibrationThresholds:
     alert_enter: float
     source: str
     reliable: bool
+    warning: str | None = None
+    """When not reliable: why, and what to do about it (logged when the thresholds are used)."""
 
 
 _FPR_KEY = re.compile(r"^fpr_([0-9.eE+-]+)$")
+_FIX_COMMAND = (
+    "`swapwatch calibrate MODEL.onnx --data DIR --scores` with real/ and fake/ faces in DIR; docs/calibration.md"
+)
+
+
+def _fpr_of(key: str) -> float | None:
+    m = _FPR_KEY.match(key)
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
 
 
 def thresholds_from_calibration(cal: ScoreCalibration | None) -> CalibrationThresholds:
@@ -138,6 +151,13 @@ def thresholds_from_calibration(cal: ScoreCalibration | None) -> CalibrationThre
                 FALLBACK_ALERT_ENTER,
                 source="fallback: the model has no score_calibration.thresholds (false-positive rate unknown)",
                 reliable=False,
+                warning=(
+                    f"not reliable: the model carries no calibrated thresholds, so suspicious_enter="
+                    f"{FALLBACK_SUSPICIOUS_ENTER:g} and alert_enter={FALLBACK_ALERT_ENTER:g} are generic guesses "
+                    "whose false-alert rate on real faces is unknown. To fix: calibrate the model on labelled "
+                    f"real and fake faces ({_FIX_COMMAND}), or set smoothing.suspicious_enter and "
+                    "smoothing.alert_enter for this model"
+                ),
             )
         rated.sort()
         s_key, a_key = rated[-1][1], rated[0][1]
@@ -150,7 +170,23 @@ def thresholds_from_calibration(cal: ScoreCalibration | None) -> CalibrationThre
         source = f"suspicious={s_key}, alert={a_key}"
     # A lower FPR target can only give an equal or higher threshold; guard against hand-edited sidecars.
     alert = max(alert, suspicious)
-    return CalibrationThresholds(suspicious, alert, source=source, reliable=is_reliable(s_key) and is_reliable(a_key))
+    weak = [key for key in dict.fromkeys((s_key, a_key)) if not is_reliable(key)]
+    warning = None
+    if weak:
+        n_real = fit.get("n_real") if isinstance(fit, dict) else None
+        counted = f"only {n_real} real faces" if isinstance(n_real, int) else "too few real faces"
+        plural = len(weak) > 1
+        needs = [f"{key} needs at least {math.ceil(1.0 / rate - 1e-9)}" for key in weak
+                 if (rate := _fpr_of(key)) is not None and rate > 0]
+        warning = (
+            f"not reliable: the model's {' and '.join(weak)} threshold{'s were' if plural else ' was'} calibrated on "
+            f"{counted}, too few to measure {'those false-positive rates' if plural else 'that false-positive rate'}"
+            + (f" ({', '.join(needs)})" if needs else "")
+            + ", so real faces may raise more alerts than the rate says. To fix: "
+            f"recalibrate with more real faces ({_FIX_COMMAND}), or set smoothing.suspicious_enter and "
+            "smoothing.alert_enter for this model"
+        )
+    return CalibrationThresholds(suspicious, alert, source=source, reliable=not weak, warning=warning)
 
 
 class SmoothingConfig(StrictModel):
@@ -229,8 +265,8 @@ class SmoothingConfig(StrictModel):
         threshold without its exit re-derives the exit from the new enter.
         """
         picked = thresholds_from_calibration(cal)
-        if not picked.reliable:
-            log.warning("smoothing thresholds: %s (not reliable)", picked.source)
+        if not picked.reliable and not {"suspicious_enter", "alert_enter"} <= overrides.keys():
+            log.warning("smoothing thresholds are %s", picked.warning)
         s_enter = float(overrides.get("suspicious_enter", picked.suspicious_enter))
         a_enter = float(overrides.get("alert_enter", picked.alert_enter))
         s_exit = logit_to_score(score_to_logit(s_enter) - EXIT_MARGIN_LOGIT)

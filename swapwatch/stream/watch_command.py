@@ -6,14 +6,23 @@
     swapwatch watch a.mp4 b.mp4 --no-realtime --set smoothing.alert_enter=0.9 --report report.json
 
 Runs until every source ends, `--duration` seconds pass, or SIGINT/SIGTERM arrives; then it flushes the
-sinks (events file, webhooks, videos) and exits 0. A source that fails (missing file, unreachable camera)
-is reported as a `stream` event `failed` and the others keep running; the exit code is 1 only when every
-source failed (nothing was monitored). Bad options or config: exit 2, naming the field.
+sinks (events file, webhooks, videos) and prints one line per stream on stderr. A source that fails
+(missing file, unreachable camera) is reported as a `stream` event and the others keep running.
+
+Exit codes (EXIT_CODES, also in `--help`): 0 every source delivered frames; 1 some source delivered no
+frame at all (a file that cannot be opened, a camera or stream that never connected, however long it
+kept retrying: its line on stderr says why, with the last connection error), or every source failed;
+2 bad options or config, naming the field. A live source that did connect and was lost later is
+reported (stream events, its line on stderr) but is not a failure of the run.
+
+Off a terminal the console writes plain lines on stdout, one per stream and state change; the sources'
+own log lines about the same changes are then left out of stderr, so each message appears once.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,14 @@ from typing import Any
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch-tensorrt", "torch")
 
 
+EXIT_CODES = (
+    "exit codes: 0 every source delivered frames; 1 a source delivered no frame at all (missing file, camera "
+    "or stream that never connected: stderr says why) or every source failed; 2 bad options or config"
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXIT_CODES
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="video sources: file paths, rtsp://, http(s):// (HLS, MJPEG, files), /dev/videoN or a camera "
                    "index; they replace the config's `sources`")
@@ -115,8 +131,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration: must be a positive number of seconds, got {args.duration}")
 
     from swapwatch.stream.pipeline import run_monitor
+    from swapwatch.stream.sources.base import SOURCE_STATE_LOG_FLAG
 
-    report = run_monitor(cfg, duration_s=args.duration)
+    quiet = _DropFlagged(SOURCE_STATE_LOG_FLAG)
+    console = cfg.sinks.console
+    handlers = list(logging.getLogger().handlers) if console is not None and _console_is_plain(console.mode) else []
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        report = run_monitor(cfg, duration_s=args.duration)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
@@ -125,14 +151,51 @@ def run(args: argparse.Namespace) -> int:
           + (f"; glass-to-score latency p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms" if latency else ""),
           file=sys.stderr)
     for name, s in report.streams.items():
-        top = "-" if s.max_score is None else f"{s.max_score:.3f}"
-        line = (f"  {name}: {s.source_state}, {s.frames} frames, {s.faces_scored} faces scored, {s.tracks} tracks, "
-                f"worst state {s.worst_state}, top score {top}")
-        if s.error:
-            line += f", error: {s.error}"
-        print(line, file=sys.stderr)
+        print(f"  {name}: {stream_line(s)}", file=sys.stderr)
+    silent = [name for name, s in report.streams.items() if s.frames == 0]
+    if silent:
+        print(f"swapwatch watch: {len(silent)} of {len(report.streams)} source(s) delivered no frame "
+              f"({', '.join(silent)}); nothing was monitored there (exit 1)", file=sys.stderr)
+        return 1
     failed = report.failed
     if failed and len(failed) == len(report.streams):
         print(f"swapwatch watch: every source failed ({', '.join(failed)})", file=sys.stderr)
         return 1
     return 0
+
+
+def stream_line(s: Any) -> str:
+    """One stream's line of the final report (a `StreamReport`): counts and verdict, or why nothing came."""
+    if s.frames == 0:
+        why = s.error or s.last_error
+        if why is None:
+            why = ("still connecting when the run stopped (no answer yet)" if s.source_state == "connecting"
+                   else "the source opened but sent no frame")
+        return f"{s.source_state}, NO FRAME received: {why}"
+    top = "-" if s.max_score is None else f"{s.max_score:.3f}"
+    line = (f"{s.source_state}, {s.frames} frames, {s.faces_scored} faces scored, {s.tracks} tracks, "
+            f"worst state {s.worst_state}, top score {top}")
+    if s.error:
+        line += f", error: {s.error}"
+    elif s.last_error and s.source_state != "live":
+        line += f", last connection error: {s.last_error}"
+    return line
+
+
+def _console_is_plain(mode: str) -> bool:
+    if mode != "auto":
+        return mode == "plain"
+    from rich.console import Console
+
+    return not Console().is_terminal  # the same test the console sink makes
+
+
+class _DropFlagged(logging.Filter):
+    """Leaves out log records carrying `flag` (the sources' state changes, which the plain console prints)."""
+
+    def __init__(self, flag: str) -> None:
+        super().__init__()
+        self.flag = flag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, self.flag, False)

@@ -46,6 +46,8 @@ def decoded_frames(path: Path) -> int:
 
 
 def check_outputs(out: Path, stdout: str) -> dict:
+    first = stdout.splitlines()[0]  # a newcomer learns first where to look
+    assert str(out.resolve()) in first and "annotated.mp4" in first and "--out" in first, first
     report = json.loads((out / "report.json").read_text())
     clip = report["clip"]
     assert decoded_frames(out / "clip.mp4") == clip["frames"] == 150

@@ -339,6 +339,30 @@ def test_two_streams_share_one_batcher(clip: DemoClip, reference_model: Path, tm
         assert any(e.stream == name and e.type == "state" and e.state == "alert" for e in events)
 
 
+def test_frame_drops_are_counted_by_reason(clip: DemoClip, reference_model: Path, tmp_path: Path) -> None:
+    """A file read as fast as it decodes under the `latest` policy: every frame the monitor did not get to is a
+    `source_queue_full` drop in /metrics, and every reason is a series from the start."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from swapwatch.stream.sinks.metrics import FRAME_DROP_REASONS
+
+    source = {"url": str(clip.path), "name": "fast", "realtime": False, "policy": "latest"}
+    cfg = monitor_config([source], reference_model, tmp_path,
+                         sinks={"jsonl": {"path": str(tmp_path / "events.jsonl")}, "metrics": {}})  # fmt: skip
+    monitor = Monitor(cfg)
+    report = asyncio.run(monitor.run())
+    scored = report.streams["fast"].frames
+    assert 0 < scored < clip.frames  # the decoder outran the detector: the queue of 1 dropped the rest
+    text = generate_latest(monitor.metrics.registry).decode()
+    for reason in FRAME_DROP_REASONS:
+        assert f'swapwatch_dropped_frames_total{{reason="{reason}",stream="fast"}}' in text
+    drops = {r: monitor.metrics.value("swapwatch_dropped_frames_total", {"stream": "fast", "reason": r})
+             for r in FRAME_DROP_REASONS}  # fmt: skip
+    assert drops == {"source_queue_full": clip.frames - scored, "decode_error": 0, "batcher_full": 0, "engine_error": 0}
+
+
 def test_crop_size_must_match_the_model(clip: DemoClip, reference_model: Path, tmp_path: Path) -> None:
     cfg = monitor_config([{"url": str(clip.path)}], reference_model, tmp_path, faces={"size": 128})
     with pytest.raises(ConfigError, match=r"faces\.size: 128 differs from the model's input size 64"):

@@ -12,6 +12,7 @@ import pytest
 from swapwatch.samples import sample_face_images
 from swapwatch.stream.cli import main
 from swapwatch.stream.faces.pipeline import read_image
+from swapwatch.stream.scan_command import EXIT_PARTIAL
 
 
 def write_face_clip(path: Path, image: np.ndarray, n: int = 6) -> Path:
@@ -46,10 +47,13 @@ def read_lines(path: Path) -> dict[str, dict]:
     return {Path(row["path"]).name: row for row in map(json.loads, path.read_text().splitlines())}
 
 
-def test_scan_images_videos_and_bad_files(smoke_onnx: dict[str, Path], media: dict[str, Path], tmp_path: Path) -> None:
+def test_scan_images_videos_and_bad_files(smoke_onnx: dict[str, Path], media: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.jsonl"
     args = ["scan", str(media["group"]), str(media["folder"]), "--model", str(smoke_onnx["masm"]), "--out", str(out)]
-    assert main(args) == 0
+    assert main(args) == EXIT_PARTIAL  # corrupt.jpg could not be read; the others were scored
+    err = capsys.readouterr().err
+    assert err.count("cannot read") == 1 and "corrupt.jpg" in err
     rows = read_lines(out)
     assert set(rows) == {"t1.jpg", "corrupt.jpg", "blank.png", "astronaut.mp4"}
     group = rows["t1.jpg"]

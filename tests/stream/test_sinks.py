@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +36,8 @@ from swapwatch.stream.sinks.console import ConsoleConfig, ConsoleSink
 from swapwatch.stream.sinks.evidence import BufferedFrame, EvidenceConfig, EvidenceSink, FrameRing
 from swapwatch.stream.sinks.jsonl import JsonlConfig, JsonlSink
 from swapwatch.stream.sinks.metrics import STAGES, Metrics, MetricsConfig, MetricsSink, metric_names
-from swapwatch.stream.sinks.webhook import WebhookConfig, WebhookSink, backoff_delay, sign_body
+from swapwatch.stream.sinks.outbox import Outbox
+from swapwatch.stream.sinks.webhook import WebhookConfig, WebhookSink, backoff_delay, default_outbox_path, sign_body
 from swapwatch.stream.temporal import SmoothingConfig, StreamVerdict, TrackState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +118,7 @@ class Hanging:
         self.closed = True
 
 
-def test_sinkset_isolates_failing_and_hanging_sinks() -> None:
+def test_sinkset_isolates_failing_and_hanging_sinks(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> tuple[Recorder, Failing, Hanging, dict[str, Any]]:
         rec, bad, hang = Recorder(), Failing(), Hanging()
         drops: list[tuple[str, str]] = []
@@ -138,7 +141,11 @@ def test_sinkset_isolates_failing_and_hanging_sinks() -> None:
         assert drops.count(("hanging", "event")) == 14
         return rec, bad, hang, {k: v.as_dict() for k, v in sinks.stats().items()}
 
-    rec, bad, hang, stats = arun(main())
+    with caplog.at_level(logging.WARNING, logger="swapwatch.stream.sinks"):
+        rec, bad, hang, stats = arun(main())
+    drop_lines = [r.getMessage() for r in caplog.records if "items dropped" in r.getMessage()]
+    counts = [int(m.group(1)) for line in drop_lines if (m := re.search(r"\(event queue_full\): (\d+)", line))]
+    assert all(line.startswith("sink hanging:") for line in drop_lines) and sum(counts) == 14 and len(counts) <= 2
     assert [e.reason for e in rec.events] == [f"#{i}" for i in range(20)]
     assert rec.frames == [0.0, 1 / 30, 2 / 30, 3 / 30]
     assert (stats["recorder"]["published"], stats["recorder"]["dropped_events"]) == (20, 0)
@@ -306,14 +313,14 @@ class Receiver:
         await self.runner.cleanup()
 
 
-def test_webhook_retries_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_retries_then_succeeds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SW_TEST_TOKEN", "tok123")
     monkeypatch.setenv("SW_TEST_SECRET", "s3cret")
 
     async def main() -> tuple[WebhookSink, list[tuple[dict[str, str], bytes]], Event]:
         async with Receiver() as rx:
             cfg = WebhookConfig(url=rx.url("/flaky"), backoff_s=0.01, backoff_max_s=0.05, token_env="SW_TEST_TOKEN",
-                                secret_env="SW_TEST_SECRET")  # fmt: skip
+                                secret_env="SW_TEST_SECRET", outbox=str(tmp_path / "o.sqlite"))  # fmt: skip
             sink = WebhookSink(cfg, rng=random.Random(0))
             event = state_event("cam", ts(1, "alert", "suspicious"), box=[0, 0, 10, 10])
             await sink.publish(event)
@@ -323,50 +330,69 @@ def test_webhook_retries_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
             return sink, rx.requests["/flaky"], event
 
     sink, requests, event = arun(main())
-    assert (sink.stats.attempts, sink.stats.retries, sink.stats.delivered, sink.stats.failed) == (3, 2, 1, 0)
+    assert (sink.stats.attempts, sink.stats.retries, sink.stats.delivered, sink.stats.dropped) == (3, 2, 1, 0)
     assert sink.stats.queued == 1
     assert len(requests) == 3
     for headers, body in requests:
         assert Event.from_json(body) == event
-        assert headers["X-Swapwatch-Event-Id"] == event.id
+        assert headers["X-Swapwatch-Event-Id"] == headers["Idempotency-Key"] == event.id
         assert headers["Authorization"] == "Bearer tok123"
         assert headers["X-Swapwatch-Signature"] == sign_body("s3cret", body)
 
 
-def test_webhook_hanging_receiver_never_blocks_publish() -> None:
+def test_webhook_hanging_receiver_never_blocks_publish(tmp_path: Path) -> None:
+    outbox = tmp_path / "o.sqlite"
+    events = numbered(51)
+
     async def main() -> tuple[WebhookSink, int]:
         async with Receiver() as rx:
-            sink = WebhookSink(WebhookConfig(url=rx.url("/hang"), timeout_s=60, queue_size=4, close_timeout_s=0.05))
-            events = numbered(51)
+            cfg = WebhookConfig(url=rx.url("/hang"), timeout_s=60, queue_size=4, close_timeout_s=0.05,
+                                outbox=str(outbox))  # fmt: skip
+            sink = WebhookSink(cfg)
             await sink.publish(events[0])
             await asyncio.wait_for(rx.hang_entered.wait(), SAFETY_S)
-            for e in events[1:]:  # each returns at once: the queue keeps the newest 4, the rest are dropped
+            for e in events[1:]:  # each returns at once: the outbox keeps the newest 4, the oldest are dropped
                 await sink.publish(e)
             await sink.aclose()  # gives up on the hung request after close_timeout_s
             return sink, len(rx.requests["/hang"])
 
     sink, received = arun(main())
     assert received == 1
-    assert (sink.stats.queued, sink.stats.dropped, sink.stats.delivered) == (51, 46, 0)
-    assert sink.stats.unsent_at_close == 5  # 4 queued + the one in flight
+    assert (sink.stats.queued, sink.stats.dropped, sink.stats.delivered) == (51, 47, 0)
+    assert sink.stats.drops == {"outbox_full": 47}
+    assert sink.stats.unsent_at_close == 4  # the one in flight + the 3 newest, kept for the next start
+    box = Outbox(outbox, sink.config.url)
+    assert [r.event_id for r in box.pending()] == [e.id for e in [events[0], *events[-3:]]]
+    box.close()
 
 
 @pytest.mark.parametrize(
-    ("path", "attempts", "delivered", "failed"),
-    [("/ok", 1, 1, 0), ("/refuse", 1, 0, 1), ("/hang", 2, 0, 1)],
+    ("path", "attempts", "delivered", "drops"),
+    [("/ok", 1, 1, {}), ("/refuse", 1, 0, {"rejected_4xx": 1}), ("/hang", 2, 0, {"max_attempts": 1})],
 )
-def test_webhook_outcomes(path: str, attempts: int, delivered: int, failed: int) -> None:
+def test_webhook_outcomes(path: str, attempts: int, delivered: int, drops: dict[str, int], tmp_path: Path) -> None:
     async def main() -> WebhookSink:
         async with Receiver() as rx:
-            cfg = WebhookConfig(url=rx.url(path), timeout_s=0.2, max_attempts=2, backoff_s=0.01)
+            cfg = WebhookConfig(url=rx.url(path), timeout_s=0.2, max_attempts=2, backoff_s=0.01,
+                                outbox=str(tmp_path / "o.sqlite"))  # fmt: skip
             sink = WebhookSink(cfg)
             await sink.publish(numbered(1)[0])
-            await until(lambda: sink.stats.delivered + sink.stats.failed == 1, "an outcome")
+            await until(lambda: sink.stats.delivered + sink.stats.dropped == 1, "an outcome")
             await sink.aclose()
             return sink
 
     sink = arun(main())
-    assert (sink.stats.attempts, sink.stats.delivered, sink.stats.failed) == (attempts, delivered, failed)
+    assert (sink.stats.attempts, sink.stats.delivered, sink.stats.drops) == (attempts, delivered, drops)
+    assert sink.stats.unsent_at_close == 0
+
+
+@pytest.mark.parametrize(
+    ("events_path", "outbox"),
+    [("out/events.jsonl", "out/events.webhooks.sqlite"), ("ev", "ev.webhooks.sqlite"),
+     ("-", "swapwatch-webhooks.sqlite"), (None, "swapwatch-webhooks.sqlite")],
+)  # fmt: skip
+def test_default_outbox_path_is_next_to_the_events_file(events_path: str | None, outbox: str) -> None:
+    assert default_outbox_path(events_path) == Path(outbox)
 
 
 class _MaxRandom(random.Random):
@@ -416,6 +442,7 @@ def test_metrics_from_events_and_stages() -> None:
         m.observe_stage(stage, 0.001 * (i + 1))
     m.observe_stage("infer", 0.2)
     m.sink_dropped("webhook:x", "event")
+    m.sink_dropped("webhook:x", "event", "expired", 3)
     v = m.value
     assert v("swapwatch_alerts_total", {"stream": "a"}) == 2
     assert v("swapwatch_state_changes_total", {"stream": "a", "state": "clear"}) == 1
@@ -428,7 +455,8 @@ def test_metrics_from_events_and_stages() -> None:
     assert v("swapwatch_fps", {"stream": "a"}) == 24.5
     assert v("swapwatch_stage_latency_seconds_count", {"stage": "infer"}) == 2
     assert v("swapwatch_stage_latency_seconds_sum", {"stage": "infer"}) == pytest.approx(0.204)
-    assert v("swapwatch_sink_dropped_total", {"sink": "webhook:x", "kind": "event"}) == 1
+    assert v("swapwatch_sink_dropped_total", {"sink": "webhook:x", "kind": "event", "reason": "queue_full"}) == 1
+    assert v("swapwatch_sink_dropped_total", {"sink": "webhook:x", "kind": "event", "reason": "expired"}) == 3
     with pytest.raises(ValueError, match="unknown stage"):
         m.observe_stage("decoding", 0.1)
 
@@ -508,6 +536,32 @@ def test_console_live_table() -> None:
     arun(main())
     out = con.file.getvalue()
     assert "swapwatch" in out and "cam" in out and "alert" in out and "30.0" in out
+
+
+@pytest.mark.parametrize(("width", "last_change_column"), [(80, False), (111, False), (112, True), (160, True)])
+def test_console_table_fits_the_terminal(width: int, last_change_column: bool) -> None:
+    from rich.console import Console
+
+    con = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
+    sink = ConsoleSink(ConsoleConfig(), console=con)
+    long_name = "front-door-camera-of-the-east-wing"
+    events = [
+        stream_event(long_name, "reconnecting", "connection refused"),
+        state_event(long_name, ts(14, "alert", "suspicious"), box=[1, 2, 3, 4], frame_pts=1.0, latency_ms=1234.0),
+        summary_event(StreamVerdict(long_name, 2.0, "alert", 0.987, 12, {"clear": 0, "suspicious": 0, "alert": 1}, 4),
+                      fps=29.97),
+        stream_event("cam", "connecting", "opening"),
+    ]
+    for e in events:
+        sink.apply(e)
+    con.print(sink.table())
+    lines = con.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    rows = [line for line in lines if line.startswith(("front-door", "cam "))]
+    assert len(rows) == 2, lines  # one line per stream: nothing wraps
+    assert "reconnecting" in rows[0] and "alert" in rows[0] and "1234 ms" in rows[0] and "30.0" in rows[0]
+    assert ("suspicious->alert" in rows[0]) is last_change_column
+    assert any(line.startswith("last change: ") for line in lines) is not last_change_column
 
 
 # -- annotated video ----------------------------------------------------------------------------------------
@@ -732,6 +786,8 @@ def test_build_sinks_from_config(tmp_path: Path) -> None:
         }
     )
     sinks = build_sinks(cfg, smoothing=SmoothingConfig())
+    hook = sinks.get(WebhookSink)
+    assert hook is not None and hook.outbox_path == tmp_path / "e.webhooks.sqlite"  # next to the events file
     assert [type(s).__name__ for s in sinks.sinks] == [
         "MetricsSink", "JsonlSink", "WebhookSink", "ConsoleSink", "AnnotatedVideoSink", "EvidenceSink",
     ]  # fmt: skip

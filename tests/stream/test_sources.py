@@ -80,13 +80,13 @@ def blank(i: int = 0) -> Frame:
     ("url", "kind", "live", "policy", "queue", "name"),
     [
         ("clip.mp4", "file", False, "all", 8, "clip"),
-        ("/data/lobby cam.mkv", "file", False, "all", 8, "lobby cam"),
+        ("/data/lobby cam.mkv", "file", False, "all", 8, "lobby_cam"),
         ("file:///data/a.webm", "file", False, "all", 8, "a"),
-        ("rtsp://cam.local/live/1", "rtsp", True, "latest", 1, "cam.local/live/1"),
-        ("rtsps://u:pw@10.0.0.5:322/s?x=1", "rtsp", True, "latest", 1, "10.0.0.5:322/s"),
-        ("https://cdn.example/live/index.m3u8", "http", True, "latest", 1, "cdn.example/live/index.m3u8"),
-        ("http://host/recordings/day1.mp4", "http", False, "all", 8, "host/recordings/day1.mp4"),
-        ("http://host:8080/video.mjpg", "http", True, "latest", 1, "host:8080/video.mjpg"),
+        ("rtsp://cam.local/live/1", "rtsp", True, "latest", 1, "cam.local_live_1"),
+        ("rtsps://u:pw@10.0.0.5:322/s?x=1", "rtsp", True, "latest", 1, "10.0.0.5:322_s"),
+        ("https://cdn.example/live/index.m3u8", "http", True, "latest", 1, "cdn.example_live_index.m3u8"),
+        ("http://host/recordings/day1.mp4", "http", False, "all", 8, "host_recordings_day1.mp4"),
+        ("http://host:8080/video.mjpg", "http", True, "latest", 1, "host:8080_video.mjpg"),
         ("/dev/video2", "webcam", True, "latest", 1, "video2"),
         ("0", "webcam", True, "latest", 1, "video0"),
         ("v4l2:///dev/video1", "webcam", True, "latest", 1, "video1"),
@@ -108,9 +108,9 @@ def test_config_derives_kind_liveness_policy_and_name(
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"url": "rtsp://cam/x", "policy": "all"}, ("all", 8, "cam/x")),
-        ({"url": "rtsp://cam/x", "policy": "latest", "queue_size": 2}, ("latest", 2, "cam/x")),
-        ({"url": "rtsp://cam/x", "live": False}, ("all", 8, "cam/x")),
+        ({"url": "rtsp://cam/x", "policy": "all"}, ("all", 8, "cam_x")),
+        ({"url": "rtsp://cam/x", "policy": "latest", "queue_size": 2}, ("latest", 2, "cam_x")),
+        ({"url": "rtsp://cam/x", "live": False}, ("all", 8, "cam_x")),
         ({"path": "rtsp://cam/x", "name": "door"}, ("latest", 1, "door")),
         ({"path": "clip.mp4", "kind": "file", "policy": "latest"}, ("latest", 1, "clip")),
     ],
@@ -160,21 +160,24 @@ def test_credentials_are_masked_everywhere(url: str, masked: str, secrets: list[
     assert url in cfg.url  # the real URL is kept for FFmpeg
 
 
+RTSP_PROTOCOLS = "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https"
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
         ({"url": "rtsp://c/x"}, {"rtsp_transport": "tcp", "timeout": "5000000", "flags": "low_delay",
-                                 "probesize": "32768", "analyzeduration": "0"}),
+                                 "probesize": "32768", "analyzeduration": "0", "protocol_whitelist": RTSP_PROTOCOLS}),
         ({"url": "rtsp://c/x", "low_latency": False, "rtsp_transport": "udp", "open_timeout_s": 2},
-         {"rtsp_transport": "udp", "timeout": "2000000"}),
+         {"rtsp_transport": "udp", "timeout": "2000000", "protocol_whitelist": RTSP_PROTOCOLS}),
         ({"url": "rtsp://c/x", "ffmpeg_options": {"rtsp_flags": "listen"}},
          {"rtsp_transport": "tcp", "timeout": "5000000", "flags": "low_delay", "probesize": "32768",
-          "analyzeduration": "0", "rtsp_flags": "listen", "listen_timeout": "5"}),
+          "analyzeduration": "0", "rtsp_flags": "listen", "listen_timeout": "5", "protocol_whitelist": RTSP_PROTOCOLS}),
         ({"url": "https://h/a.m3u8", "ffmpeg_options": {"user_agent": "swapwatch"}},
-         {"timeout": "5000000", "user_agent": "swapwatch"}),
+         {"timeout": "5000000", "user_agent": "swapwatch", "protocol_whitelist": "http,https,tls,tcp,crypto"}),
         ({"url": "/dev/video0", "video_size": "1280x720", "framerate": 30, "input_format": "mjpeg"},
          {"video_size": "1280x720", "framerate": "30", "input_format": "mjpeg"}),
-        ({"url": "a.mp4"}, {}),
+        ({"url": "a.mp4"}, {"protocol_whitelist": "file"}),
     ],
 )  # fmt: skip
 def test_ffmpeg_options_per_kind(data: dict[str, Any], expected: dict[str, str]) -> None:

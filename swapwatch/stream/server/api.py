@@ -12,8 +12,11 @@
     POST   /api/ticket                  a short-lived ticket for opening the feed from a browser
 
 Errors are JSON `{"error": "..."}`; a bad field in a stream config is a 422 whose `fields` list names
-each one (`{"field": "reconnect.max_s", "message": ...}`), a bad query parameter a 400 naming it.
-Stream names can hold `/` (derived from RTSP paths): URL-encode them in paths.
+each one (`{"field": "reconnect.max_s", "message": ...}`), a bad query parameter a 400 naming it, and
+a body that is not JSON or nests deeper than 32 levels a 400 (`strict_json.loads_request_json`, which
+the WHIP `/offer` form shares).
+What a caller may add (kinds, files, hosts, FFmpeg options) is decided in source_access.py. Stream
+names follow swapwatch/stream/names.py (no `/`, so one path segment); URL-encode them in paths.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from pydantic import ValidationError
 
 from swapwatch.errors import ConfigError
 from swapwatch.stream.config import MonitorConfig, effective_config_dict
-from swapwatch.stream.pipeline import Monitor, MonitorStoppedError, StreamNotFoundError
+from swapwatch.stream.pipeline import Monitor, MonitorStoppedError, StreamLimitError, StreamNotFoundError
+from swapwatch.stream.redact import log_text
 from swapwatch.stream.server.auth import TokenAuth
 from swapwatch.stream.server.config import ServerConfig
 from swapwatch.stream.server.feed import (
@@ -45,8 +49,9 @@ from swapwatch.stream.server.feed import (
     FeedSink,
 )
 from swapwatch.stream.server.metrics import ServerMetrics
+from swapwatch.stream.server.source_access import SourceRefused, check_api_source
 from swapwatch.stream.sources import SourceConfig, open_source
-from swapwatch.strict_json import json_safe
+from swapwatch.strict_json import JsonBodyError, json_safe, loads_request_json
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +111,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         )
     body = await request.read()  # 413 past client_max_size
     try:
-        data = json.loads(body or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"body: not valid JSON: {err}"}),
-                                 content_type="application/json") from None
+        data = loads_request_json(body)
+    except JsonBodyError as err:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"body: {err}"}), content_type="application/json") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "body: expected a JSON object like {\"url\": \"rtsp://...\", \"name\": \"cam1\"}"}),
@@ -136,20 +140,24 @@ async def add_stream(request: web.Request) -> web.Response:
         fields = _validation_fields(err)
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return error(422, f"invalid stream: {summary}", fields=fields)
-    kind = config.resolved_kind
-    if kind not in state.server.allowed_kinds:
-        msg = f"{kind} sources cannot be added through the API (server.allowed_kinds: {', '.join(state.server.allowed_kinds)})"
-        return error(422, f"invalid stream: kind: {msg}", fields=[{"field": "kind", "message": msg}])
-    running = sum(1 for s in state.monitor.status()["streams"].values() if s.get("running"))
-    if running >= state.server.max_streams:
-        return error(429, f"{running} streams running already (server.max_streams)")
     try:
-        name = await state.monitor.add_source(open_source(config))
+        config = await check_api_source(config, state.server)
+    except SourceRefused as err:
+        return error(422, f"invalid stream: {err}", fields=[{"field": err.field, "message": err.message}])
+    cap = state.server.max_source_timeout_s
+    for field in ("open_timeout_s", "read_timeout_s"):
+        if getattr(config, field) > cap:
+            msg = f"at most {cap:g} s through the API (server.max_source_timeout_s)"
+            return error(422, f"invalid stream: {field}: {msg}", fields=[{"field": field, "message": msg}])
+    try:
+        name = await state.monitor.add_source(open_source(config), limit=state.server.max_streams)
+    except StreamLimitError as err:
+        return error(429, f"{err} (server.max_streams)")
     except MonitorStoppedError as err:
         return error(503, str(err))
     except ConfigError as err:
         return error(409, str(err), fields=[{"field": "name", "message": str(err)}])
-    log.info("api: stream %s added (%s)", name, config.masked_url)
+    log.info("api: stream %s added (%s)", log_text(name), log_text(config.masked_url))
     return web.json_response(json_safe(state.monitor.stream_status(name)), status=201, headers={"Location": stream_path(name)})
 
 
@@ -166,7 +174,7 @@ async def delete_stream(request: web.Request) -> web.Response:
         report = await _state(request).monitor.remove_stream(name)
     except StreamNotFoundError as err:
         return error(404, str(err))
-    log.info("api: stream %s removed", name)
+    log.info("api: stream %s removed", log_text(name))
     return web.json_response({"removed": name, "report": json_safe(asdict(report))})
 
 

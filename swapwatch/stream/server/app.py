@@ -11,14 +11,21 @@
 Middleware, outermost first, and why in this order:
 
 1. metrics: counts every request, including the ones refused below;
-2. CORS: answers preflights itself (browsers send no credentials on them), 403 for origins not in
+2. unexpected errors: an exception no handler expected is logged with its traceback and a short
+   reference, and answered with a JSON 500 that carries the reference, never the traceback;
+3. loopback only, when authentication is off (`--no-auth`): a request whose Host header is not a
+   loopback name (localhost, 127.0.0.0/8, [::1], any port) gets 403, preflights included, so a web page
+   that points its own name at 127.0.0.1 (DNS rebinding) cannot use the API; a POST/DELETE/PATCH from
+   a foreign Origin gets 403 too (browsers send simple cross-site POSTs without a preflight). With a
+   token neither can happen: a page cannot send the token it does not have;
+4. CORS: answers preflights itself (browsers send no credentials on them), 403 for origins not in
    `server.cors_origins`; adds `Access-Control-Allow-Origin` for allowed cross-origin requests;
-3. size: refuses a declared body over `server.max_body_bytes` with 413 before anything reads it
+5. size: refuses a declared body over `server.max_body_bytes` with 413 before anything reads it
    (chunked bodies hit the same limit through the application's `client_max_size`);
-4. auth: the bearer token on /api/, /whip, /offer (and /metrics unless `public_metrics`); the feed
+6. auth: the bearer token on /api/, /whip, /offer (and /metrics unless `public_metrics`); the feed
    endpoints also take a ticket (auth.py). `/`, /static/ and /healthz are public: the dashboard
    holds no data until it has a token, and a health probe must not need one;
-5. errors: any error under /api/ comes back as JSON `{"error": ...}`.
+7. errors: any error under /api/ comes back as JSON `{"error": ...}`.
 
 `/healthz` is 200 while the monitor is ready (engine, detector, batcher and sinks up, not stopping) and
 the event loop keeps time (lag under `server.healthz_max_lag_ms`, measured every 0.5 s); 503 otherwise.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from swapwatch.errors import SwapwatchError
 from swapwatch.stream.config import MonitorConfig
@@ -44,8 +52,10 @@ from swapwatch.stream.pipeline import (
     Monitor,
     MonitorReport,
     MonitorStoppedError,
+    StreamLimitError,
     StreamNotFoundError,
 )
+from swapwatch.stream.redact import log_text
 from swapwatch.stream.server.api import (
     STATE,
     ServerState,
@@ -90,7 +100,8 @@ def check_security(server: ServerConfig, token: str | None) -> None:
         if not is_loopback(server.host):
             raise ConfigError(
                 f"server.auth: authentication can be switched off only on a loopback host (127.0.0.1, ::1, "
-                f"localhost), not {server.host!r}; set a token ({ENV_TOKEN} or --token) to listen there"
+                f"localhost), not {server.host!r}: drop --no-auth (server.auth: false) and set a token "
+                f"({ENV_TOKEN} or --token) to listen there"
             )
         return
     if not token:
@@ -128,9 +139,79 @@ def _metrics_middleware(metrics: ServerMetrics) -> Any:
     return middleware
 
 
+def _origin_allowed(request: web.Request, origin: str, origins: frozenset[str]) -> bool:
+    """A listed origin (`server.cors_origins`) or the server's own (scheme and Host of the request)."""
+    return origin.lower() in origins or origin.lower() == f"{request.scheme}://{request.host}".lower()
+
+
+def host_header_is_loopback(value: str | None) -> bool:
+    """True when an HTTP Host header names a loopback host: localhost, 127.0.0.0/8 or [::1], with or
+    without a port (`localhost:8080`, `127.0.0.1`, `[::1]:8080`); False for anything else or none."""
+    if not value:
+        return False
+    host = value.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+        name = name.removesuffix(".")  # "localhost." is the same name
+    if port and not (port.isascii() and port.isdigit()):
+        return False
+    return bool(name) and is_loopback(name)
+
+
+def _loopback_only_middleware(origins: frozenset[str]) -> Any:
+    """Authentication off: answer only requests addressed to a loopback name, and let no other web page
+    change anything. Without a token, the Host header and the Origin are all that tell a local client
+    from a page on the web: a page whose name resolves to 127.0.0.1 (DNS rebinding) sends its own name
+    as Host, and a page on another origin can send a simple POST without any preflight."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get(hdrs.HOST)
+        if not host_header_is_loopback(host):
+            return web.json_response({"error": (
+                f"Host {(host or '')[:200]!r} is not a loopback name: with authentication off (--no-auth) this server "
+                "answers only requests addressed to localhost, 127.0.0.1 or [::1], so that a web page cannot reach "
+                "it under its own name (DNS rebinding); open http://127.0.0.1:PORT/, or run with a token "
+                "(SWAPWATCH_TOKEN) to serve other names"
+            )}, status=403)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and request.method not in ("GET", "HEAD", "OPTIONS") \
+                and not _origin_allowed(request, origin, origins):
+            return web.json_response({"error": (
+                f"origin {origin[:200]!r} may not change anything here: with authentication off (--no-auth) requests "
+                "from other web pages are refused; list the origin in server.cors_origins, or run with a token"
+            )}, status=403, headers={"Vary": "Origin"})
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def unexpected_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An exception a handler did not expect: logged with its traceback and a reference, answered with a
+    JSON 500 that carries the reference and nothing of the traceback."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionResetError):  # an answer, or a client that went away
+        raise
+    except Exception:
+        ref = secrets.token_hex(4)
+        log.exception("%s %s: unexpected error (ref %s)", log_text(request.method, 16), log_text(request.path), ref)
+        return web.json_response(
+            {"error": f"internal error (ref {ref}): the server could not handle this request; its log has the "
+                      "details under this reference"},
+            status=500,
+        )
+
+
 def _cors_middleware(origins: frozenset[str]) -> Any:
     def allowed(request: web.Request, origin: str) -> bool:
-        return origin.lower() in origins or origin.lower() == f"{request.scheme}://{request.host}".lower()
+        return _origin_allowed(request, origin, origins)
 
     def decorate(headers: Any, origin: str) -> None:
         headers["Access-Control-Allow-Origin"] = origin
@@ -314,6 +395,8 @@ def create_app(
         client_max_size=server.max_body_bytes,
         middlewares=[
             _metrics_middleware(metrics),
+            unexpected_errors,
+            *([] if auth.enabled else [_loopback_only_middleware(frozenset(server.cors_origins))]),
             _cors_middleware(frozenset(server.cors_origins)),
             _size_middleware(server.max_body_bytes),
             auth_middleware(auth, protected=_protected(server.public_metrics), ticket_ok=_ticket_ok,
@@ -344,9 +427,11 @@ def _add_whip(app: web.Application, monitor: Monitor, server: ServerConfig) -> N
 
     async def on_source(source: Any) -> str:
         try:
-            return await monitor.add_source(source)
+            return await monitor.add_source(source, limit=server.max_streams)
         except ConfigError as err:  # the name is taken by a running stream
             raise StreamRejected(str(err), 409) from None
+        except StreamLimitError as err:  # API and WHIP streams share server.max_streams
+            raise StreamRejected(str(err), 429) from None
         except MonitorStoppedError as err:  # stopping: the publisher should come back later
             raise StreamRejected(str(err), 503) from None
 
@@ -354,7 +439,10 @@ def _add_whip(app: web.Application, monitor: Monitor, server: ServerConfig) -> N
         with contextlib.suppress(StreamNotFoundError):  # already removed through the API
             await monitor.remove_stream(name)
 
-    add_whip_routes(app, on_source=on_source, on_end=on_end, config=server.whip_config())
+    ingest = add_whip_routes(app, on_source=on_source, on_end=on_end, config=server.whip_config())
+    # A signal or --duration stops the monitor before the app shuts down: end the sessions first, so their
+    # streams end with "the server is shutting down" (docs/webrtc.md) rather than the monitor's "closed".
+    monitor.on_stopping.append(ingest.close_all)
 
 
 # --- the lifecycle ------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@
   The token itself is never accepted in a query string.
 * aiohttp's default access log prints the request line, query string included. `RedactingAccessLogger`
   prints the path and masks the values of secret-looking query parameters (`ticket`, `token`, ...);
-  headers (where the token travels) are never logged.
+  headers (where the token travels) are never logged. The path is logged decoded, so it goes through
+  `log_text`: a `%0A` in it is written as `\\n` and cannot start a forged log line.
+* An `Authorization` header with bytes that are not UTF-8 is a wrong token (401), not a server error.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from swapwatch.stream.redact import log_text
 from swapwatch.stream.sources.config import MASK, SECRET_QUERY_KEYS
 
 REALM = "swapwatch"
+ACCESS_LOG_TARGET_LIMIT = 500
 TICKET_PARAM = "ticket"
 LOG_SECRET_KEYS: frozenset[str] = SECRET_QUERY_KEYS | {TICKET_PARAM, "bearer"}
 
@@ -62,7 +66,11 @@ class TokenAuth:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return False
-        return hmac.compare_digest(value.strip().encode(), self._token)
+        try:
+            sent = value.strip().encode()
+        except UnicodeEncodeError:  # non-UTF-8 bytes (aiohttp decodes them to lone surrogates): not our token
+            return False
+        return hmac.compare_digest(sent, self._token)
 
     def issue_ticket(self, now: float | None = None) -> tuple[str, float]:
         """A new feed ticket and its expiry (Unix time)."""
@@ -147,9 +155,9 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         query = redact_query(request.query_string)
-        target = request.path + (f"?{query}" if query else "")
+        target = log_text(request.path + (f"?{query}" if query else ""), ACCESS_LOG_TARGET_LIMIT)
         self.logger.info(
-            '%s "%s %s" %s %s %.1fms', request.remote, request.method, target, response.status,
+            '%s "%s %s" %s %s %.1fms', request.remote, log_text(request.method, 16), target, response.status,
             response.body_length, time * 1e3,
         )
 

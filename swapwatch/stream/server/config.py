@@ -13,6 +13,9 @@ Security defaults and their trade-offs:
   to `--token`, which other users of the machine can read in the process list.
 - API clients may add file, RTSP and HTTP(S) sources (`allowed_kinds`); webcams are off by default,
   since an API caller should not be able to switch on a camera of the machine running the server.
+  Files only under `file_roots` (none by default), network sources only outside loopback, private
+  and link-local networks (`denied_networks`, with `allowed_networks` / `allowed_hosts` as exceptions),
+  and no raw FFmpeg options (`api_ffmpeg_options`): see source_access.py.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 
 from swapwatch.config import StrictModel
+from swapwatch.stream.server.network_policy import DEFAULT_DENIED_NETWORKS
+from swapwatch.stream.sources.ffmpeg_options import API_FORBIDDEN_OPTIONS
 
 ENV_TOKEN = "SWAPWATCH_TOKEN"
 """Environment variable holding the API/WHIP bearer token."""
@@ -112,8 +118,47 @@ class ServerConfig(StrictModel):
         default_factory=lambda: ["file", "rtsp", "http"],
         description="Source kinds POST /api/streams may add (file, rtsp, http, webcam).",
     )
+    file_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose files POST /api/streams may add (checked once symlinks and '..' are resolved). "
+        "Empty: none, so API callers can add no file even with file in allowed_kinds. Every path outside "
+        "gets the same refusal, whether it exists or not.",
+    )
+    denied_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_NETWORKS),
+        description="Addresses network sources added through the API may not connect to; every address the host "
+        "resolves to is checked (IPv4-mapped IPv6 as IPv4). Default: unspecified, loopback, private, shared "
+        "(CGNAT), link-local, unique-local and site-local IPv6, multicast and reserved networks. [] checks nothing.",
+    )
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Exceptions to denied_networks, e.g. [10.1.2.0/24] for a camera network, [127.0.0.0/8, ::1/128] "
+        "for local test servers.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (or '*.example.com') API callers may use whatever they resolve to: exceptions to "
+        "denied_networks by name, e.g. [cam1.lan].",
+    )
+    api_ffmpeg_options: list[str] = Field(
+        default_factory=list,
+        description="FFmpeg option names API callers may set in a stream's ffmpeg_options; empty: none. Options "
+        "that forge requests, listen or change protocols (headers, method, post_data, user_agent, rtsp_flags, "
+        "listen, protocol_whitelist, ...) cannot be listed.",
+    )
     max_streams: int = Field(
-        64, ge=1, le=10_000, description="Streams (running) the API and WHIP may add in all; more get 429."
+        64,
+        ge=1,
+        le=10_000,
+        description="Streams the API and WHIP may hold in all (running, starting, and removed ones whose reader "
+        "is still closing); more get 429.",
+    )
+    max_source_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=600.0,
+        description="Largest open_timeout_s / read_timeout_s an API caller may ask for: a removed stream's reader "
+        "blocked in a network open or read exits within about these two, so this bounds how long it lingers.",
     )
     healthz_max_lag_ms: float = Field(
         1000.0, gt=0.0, description="/healthz answers 503 when the event loop lags more than this (ms)."
@@ -126,6 +171,14 @@ class ServerConfig(StrictModel):
         description="WebRTC/WHIP ingest settings (max_sessions, ice_servers, bitrate hints, timeouts: see "
         "docs/webrtc.md); checked when `serve` starts, so the WebRTC stack loads only for the server.",
     )
+
+    @field_validator("api_ffmpeg_options")
+    @classmethod
+    def _safe_options(cls, value: list[str]) -> list[str]:
+        forbidden = sorted(set(value) & API_FORBIDDEN_OPTIONS)
+        if forbidden:
+            raise ValueError(f"{', '.join(forbidden)}: API callers may never set these FFmpeg options")
+        return value
 
     @field_validator("cors_origins")
     @classmethod

@@ -1,8 +1,9 @@
 """WebRTC ingest over WHIP (RFC 9725) and the common JSON `/offer` form, for the aiohttp server.
 
 A publisher (a browser, OBS, GStreamer's whipsink, `swapwatch publish`) POSTs an SDP offer; the server
-answers with `201 Created`, the SDP answer and a `Location`; a DELETE on that location hangs up. Each
-published video track becomes a `WebRTCSource` handed to the server through `on_source`, and when the
+answers with `201 Created`, the SDP answer and a `Location`; a DELETE on that location hangs up. The
+published video track (one per session; further video sections are answered inactive) becomes a
+`WebRTCSource` handed to the server through `on_source`, and when the
 session ends, for whatever reason, the peer connection is closed and `on_end(name)` is called.
 
 Routes (`add_whip_routes`):
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -74,14 +74,14 @@ from aiortc.mediastreams import MediaStreamTrack
 from pydantic import Field, model_validator
 
 from swapwatch.config import StrictModel
+from swapwatch.stream.names import STREAM_NAME_RULE, is_stream_name
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source, StateChange
 from swapwatch.stream.sources.webrtc import WebRTCSource, release_frames_on_marker
+from swapwatch.strict_json import JsonBodyError, loads_request_json
 
 log = logging.getLogger(__name__)
 
 SDP_TYPE = "application/sdp"
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-"""Stream names from the path: letters, digits, '.', '_', '-'; up to 64 characters, not starting with a symbol."""
 
 WATCH_TICK_S = 0.5
 """How often a session's media watchdog looks at its sources."""
@@ -214,6 +214,35 @@ def check_offer(sdp: str) -> None:
     if not any(line.startswith("m=video ") for line in media):
         kinds = ", ".join(sorted({line[2:].split(" ", 1)[0] for line in media}))
         raise WhipError(400, f"no video in the offer (it has {kinds}): swapwatch watches video")
+    check_mids(lines)
+
+
+def check_mids(lines: list[str]) -> None:
+    """Each media section has at most one a=mid, mids are unique, and a BUNDLE group names only them.
+
+    aiortc accepts offers that break these and then fails while answering (an AttributeError deep in its
+    transport setup), so they are refused here with the reason.
+    """
+    sections: list[list[str]] = []
+    session_attrs: list[str] = []
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        elif line.startswith("a=mid:") and sections:
+            sections[-1].append(line[len("a=mid:"):].strip())
+        elif not sections:
+            session_attrs.append(line)
+    if any(len(mids) > 1 for mids in sections):
+        raise WhipError(400, "malformed SDP offer: a media section has more than one a=mid line")
+    mids = [m[0] for m in sections if m]
+    if len(set(mids)) != len(mids):
+        raise WhipError(400, "malformed SDP offer: two media sections share one a=mid")
+    for line in session_attrs:
+        if line.startswith("a=group:"):
+            named = line.split()[1:]
+            missing = [m for m in named if m not in mids]
+            if missing:
+                raise WhipError(400, f"malformed SDP offer: its group names media ids it does not have ({', '.join(missing)})")
 
 
 def answer_video_codec(sdp: str) -> str | None:
@@ -382,8 +411,8 @@ class WhipIngest:
         """Negotiate a session for an SDP offer; returns it and the SDP answer. Raises WhipError."""
         if self._closing:
             raise WhipError(503, "the server is shutting down")
-        if stream is not None and not STREAM_NAME.match(stream):
-            raise WhipError(400, f"stream name {stream!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        if stream is not None and not is_stream_name(stream):  # the same rule as every stream name (names.py)
+            raise WhipError(400, f"stream name {stream[:40]!r}: use {STREAM_NAME_RULE}")
         check_offer(offer)
         if len(self.sessions) >= self.config.max_sessions:  # negotiating sessions are in it too
             raise WhipError(
@@ -447,6 +476,11 @@ class WhipIngest:
         videos = []
         for transceiver in pc.getTransceivers():
             track = transceiver.receiver.track
+            if transceiver.kind == "video" and track is not None and videos:
+                # One stream per session: further video sections are refused (inactive), so an offer with
+                # many of them cannot make many streams past the server's limit.
+                transceiver.direction = "inactive"
+                continue
             if transceiver.kind == "video" and track is not None:
                 videos.append(track)
                 if self.config.release_on_marker:
@@ -457,8 +491,12 @@ class WhipIngest:
                 session.blackhole.addTrack(track)
         if not videos:
             raise WhipError(400, "no video in the offer: its video sections do not send (direction recvonly/inactive)")
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
+        except (AttributeError, KeyError, IndexError, ValueError, TypeError) as err:
+            # What aiortc raises answering an offer it accepted but cannot serve: the offer's fault, not ours.
+            raise WhipError(400, f"malformed SDP offer: cannot answer it ({type(err).__name__})") from None
         local = pc.localDescription
         assert local is not None
         pc.on("connectionstatechange", lambda: self._on_connection_state(session))
@@ -486,9 +524,8 @@ class WhipIngest:
                 return name
 
     async def _start_streams(self, session: WhipSession, requested: str | None) -> None:
-        base = requested or self._auto_name()
-        for i, track in enumerate(session.video_tracks):
-            name = base if i == 0 else f"{base}-{i + 1}"
+        name = requested or self._auto_name()
+        for track in session.video_tracks:  # one: _negotiate keeps the first video section only
             source = WebRTCSource(
                 track, name, queue_size=self.config.queue_size,
                 on_close=lambda s=session: self._closed_by_consumer(s),
@@ -681,9 +718,10 @@ def add_whip_routes(app: web.Application, *, on_source: OnSource, on_end: OnEnd,
         try:
             body = await _read_limited(request, config.max_offer_bytes)
             try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as err:
-                raise WhipError(400, f"body is not JSON: {err}") from None
+                data = loads_request_json(body)
+            except JsonBodyError as err:
+                reason = f"body is not JSON: {err.parse_error}" if err.parse_error else f"body: {err}"
+                raise WhipError(400, reason) from None
             if not isinstance(data, dict) or not isinstance(data.get("sdp"), str):
                 raise WhipError(400, 'body must be a JSON object {"sdp": "...", "type": "offer", "stream": "name"}')
             if data.get("type", "offer") != "offer":

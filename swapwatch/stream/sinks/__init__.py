@@ -1,16 +1,21 @@
 """Outputs: one publish interface for every sink, and a fan-out that no sink can stall.
 
 A sink is any object with `async publish(event)` and `async aclose()`; the video sinks (annotated video,
-evidence clips) also take `async on_frame(stream, frame_bgr, pts, tracks)`. The pipeline never talks to
-a sink directly: it hands events and frames to a `SinkSet`, which puts them on one bounded queue per
-sink (and one per frame sink for frames) and returns at once. Each sink drains its own queue in its own
-task, so a slow disk, a hung webhook or a crashing sink costs that sink its backlog (counted as drops,
-oldest first) and never delays the frame loop or another sink.
+evidence clips) also take `async on_frame(stream, frame_bgr, pts, tracks)`, and a sink with background
+work of its own (the webhook's outbox dispatcher) may have `start()`, which `SinkSet.start()` calls
+inside the running loop. The pipeline never talks to a sink directly: it hands events and frames to a
+`SinkSet`, which puts them on one bounded queue per sink (and one per frame sink for frames) and
+returns at once. Each sink drains its own queue in its own task, so a slow disk, a hung webhook or a
+crashing sink costs that sink its backlog (counted as drops, oldest first) and never delays the frame
+loop or another sink.
 
 Trade-offs: dropping the OLDEST queued item keeps a lagging sink on recent events (what a person
 watching wants) but means its record can have holes; the counts in `SinkSet.stats()` (and in the
-Prometheus metrics) say how many. A sink that blocks the event loop itself (a synchronous sleep) cannot
-be isolated this way: sinks do blocking I/O in threads (JSONL writes, video encoding, evidence files).
+Prometheus metrics, reason `queue_full`) say how many, and a warning per sink at most every 10 s says
+so in the log. Webhooks hardly ever get there: their `publish` is one SQLite insert into their durable
+outbox (webhook.py), and the network is their dispatcher's business. A sink that blocks the event loop
+itself (a synchronous sleep) cannot be isolated this way: sinks do blocking I/O in threads (JSONL
+writes, video encoding, evidence files, the webhook outbox).
 
 Heavy dependencies (aiohttp, prometheus_client, PyAV, matplotlib, rich's Live) are imported only by the
 sink that needs them, when it is built.
@@ -36,6 +41,7 @@ from swapwatch.stream.sinks.jsonl import JsonlConfig
 from swapwatch.stream.sinks.metrics import MetricsConfig
 from swapwatch.stream.sinks.webhook import WebhookConfig
 from swapwatch.stream.temporal import SmoothingConfig
+from swapwatch.stream.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,7 @@ class _Lane:
         self.wants_frames = callable(getattr(sink, "on_frame", None))
         self.frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=frame_queue)
         self.tasks: list[asyncio.Task[None]] = []
+        self.drop_log = ThrottledLog(log, f"sink {self.stats.name}", "items dropped")
 
 
 def _put_dropping_oldest(queue: asyncio.Queue[Any], item: Any) -> bool:
@@ -178,6 +185,9 @@ class SinkSet:
         asyncio.get_running_loop()
         self._started = True
         for lane in self._lanes:
+            start = getattr(lane.sink, "start", None)
+            if callable(start):
+                start()
             lane.tasks.append(asyncio.create_task(self._event_worker(lane), name=f"sink-{lane.stats.name}-events"))
             if lane.wants_frames:
                 lane.tasks.append(asyncio.create_task(self._frame_worker(lane), name=f"sink-{lane.stats.name}-frames"))
@@ -187,6 +197,7 @@ class SinkSet:
             lane.stats.dropped_events += 1
         else:
             lane.stats.dropped_frames += 1
+        lane.drop_log.note(f"{kind} queue_full", 1, "the sink is slower than its input; oldest dropped")
         if self.on_drop is not None:
             try:
                 self.on_drop(lane.stats.name, kind)
@@ -281,6 +292,7 @@ class SinkSet:
                         self.drain_timeout_s,
                         lane.stats.unsent_at_close,
                     )
+                lane.drop_log.flush(force=True)
                 for task in lane.tasks:
                     task.cancel()
             await asyncio.gather(*(t for lane in self._lanes for t in lane.tasks), return_exceptions=True)
@@ -334,10 +346,13 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
     """Build the configured sinks (importing only their dependencies) into a SinkSet.
 
     `smoothing` gives the thresholds drawn on evidence timelines. When metrics are on, the SinkSet's
-    drops are counted in them too; the Metrics object is `sinkset.get(MetricsSink).metrics`.
+    drops and the webhooks' outboxes are counted in them too; the Metrics object is
+    `sinkset.get(MetricsSink).metrics`. A webhook without an `outbox` path keeps it next to the JSONL
+    events file (`default_outbox_path`).
     """
     sinks: list[Sink] = []
     on_drop = None
+    metrics = None
     if config.metrics is not None:
         from swapwatch.stream.sinks.metrics import Metrics, MetricsSink
 
@@ -351,9 +366,10 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
 
         sinks.append(JsonlSink(config.jsonl))
     for hook in config.webhooks:
-        from swapwatch.stream.sinks.webhook import WebhookSink
+        from swapwatch.stream.sinks.webhook import WebhookSink, default_outbox_path
 
-        sinks.append(WebhookSink(hook))
+        events_path = config.jsonl.path if config.jsonl is not None else None
+        sinks.append(WebhookSink(hook, outbox_path=default_outbox_path(events_path), metrics=metrics))
     if config.console is not None:
         from swapwatch.stream.sinks.console import ConsoleSink
 

@@ -1,13 +1,17 @@
 """The console view: a live table on a terminal, plain log lines anywhere else.
 
-On a TTY a rich `Live` table shows one row per stream (source state, verdict, tracks, fps, latency, top
-score, alerts so far, last change). Redraws happen on the event loop when events arrive, at most
-`refresh_per_second` times a second, without rich's refresh thread: the table only changes when an event
-comes, and a second thread writing to the terminal would be one more thing to stop on SIGTERM.
+On a TTY a rich `Live` table shows one row per stream (source state, verdict, faces tracked, fps,
+latency, top score, alerts so far). It fits an 80-column terminal: no borders, long stream names cut
+with an ellipsis; each stream's last change gets its own column from `WIDE_TABLE` columns on, and
+below that the newest change of any stream is the table's caption. Redraws happen on the event loop
+when events arrive, at most `refresh_per_second` times a second, without rich's refresh thread: the
+table only changes when an event comes, and a second thread writing to the terminal would be one more
+thing to stop on SIGTERM.
 
 When stdout is not a terminal (a service, a pipe, CI), a redrawn table would be garbage in a log, so the
 sink writes one plain line per state change and per stream change, and one summary line per stream at
-most every `plain_summary_every_s` seconds.
+most every `plain_summary_every_s` seconds. `swapwatch watch` then leaves the sources' own log lines
+about those changes out of stderr, so each change is printed once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from swapwatch.config import StrictModel
 from swapwatch.stream.events import Event
 
 STATE_STYLE = {"clear": "green", "suspicious": "dark_orange", "alert": "bold red"}
+WIDE_TABLE = 112
+"""Terminal width from which the table has a per-stream "last change" column (it takes 33 columns)."""
+STREAM_COLUMN_MAX = 16
+"""Stream names longer than this are cut (with an ellipsis) below WIDE_TABLE; up to twice this above it."""
 
 
 class ConsoleConfig(StrictModel):
@@ -71,6 +79,7 @@ class ConsoleSink:
         self._live: Any = None
         self._last_draw = 0.0
         self._last_summary: dict[str, float] = {}
+        self._newest_change = ""
 
     # -- model -------------------------------------------------------------------------------------------
     def _row(self, stream: str) -> StreamRow:
@@ -97,6 +106,7 @@ class ConsoleSink:
             if event.state == "alert" and event.previous_state != "alert":
                 row.alerts += 1
             row.last_change = f"{when} #{event.track} {event.previous_state}->{event.state}"
+            self._newest_change = f"{when} {event.stream} #{event.track} {event.previous_state}->{event.state}"
             end = " (track ended)" if event.ended else ""
             return (
                 f"{event.time.isoformat(timespec='seconds')} {event.stream}: track {event.track} "
@@ -121,21 +131,27 @@ class ConsoleSink:
         )
 
     def table(self) -> Any:
-        """The rich Table of all streams."""
+        """The rich Table of all streams, as wide as the console allows (see the module docstring)."""
         from rich.table import Table
+        from rich.text import Text
 
-        t = Table(title="swapwatch", expand=False)
-        for col, justify in (
-            ("stream", "left"), ("source", "left"), ("state", "left"), ("tracks", "right"), ("fps", "right"),
-            ("latency ms", "right"), ("top score", "right"), ("alerts", "right"), ("last change", "left"),
-        ):  # fmt: skip
-            t.add_column(col, justify=justify)  # type: ignore[arg-type]
+        wide = self.console.width >= WIDE_TABLE
+        caption = None if wide or not self._newest_change else f"last change: {self._newest_change}"
+        t = Table(title="swapwatch", box=None, padding=(0, 1), pad_edge=False, expand=False, caption=caption,
+                  caption_justify="left")
+        spare = self.console.width - WIDE_TABLE if wide else 0  # longer stream names where the terminal allows
+        t.add_column("stream", max_width=min(2 * STREAM_COLUMN_MAX, STREAM_COLUMN_MAX + spare), no_wrap=True,
+                     overflow="ellipsis")
+        for col, justify in (("source", "left"), ("state", "left"), ("faces", "right"), ("fps", "right"),
+                             ("latency", "right"), ("score", "right"), ("alerts", "right")):
+            t.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        if wide:
+            t.add_column("last change", no_wrap=True, overflow="ellipsis")
         for row in self.rows.values():
-            style = STATE_STYLE.get(row.state, "")
-            t.add_row(
-                row.stream, row.source_state, f"[{style}]{row.state}[/]", str(row.tracks), _fmt(row.fps, ".1f"),
-                _fmt(row.latency_ms, ".0f"), _fmt(row.score, ".3f"), str(row.alerts), row.last_change,
-            )  # fmt: skip
+            latency = "-" if row.latency_ms is None else f"{row.latency_ms:.0f} ms"
+            cells = [Text(row.stream), row.source_state, Text(row.state, style=STATE_STYLE.get(row.state, "")),
+                     str(row.tracks), _fmt(row.fps, ".1f"), latency, _fmt(row.score, ".3f"), str(row.alerts)]
+            t.add_row(*cells, *([row.last_change] if wide else []))
         return t
 
     # -- sink --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -125,8 +126,11 @@ class _Job:
 
 
 def safe_name(text: str) -> str:
-    """`text` with anything but letters, digits, '-', '_' and '.' replaced by '_' (for folder names)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "stream"
+    """A folder name for `text` that stays inside its parent folder: ASCII letters, digits, '-', '_' and
+    '.' are kept (at most 128 of them), anything else becomes '_', and a leading '.' becomes '_' (so never
+    '.', '..' or a hidden folder); 'stream' when `text` is empty."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text[:128])
+    return "_" + name[1:] if name.startswith(".") else name or "stream"
 
 
 def crop_face(frame: np.ndarray, box: Sequence[float], margin: float, scale: float = 1.0) -> np.ndarray | None:

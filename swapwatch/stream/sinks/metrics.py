@@ -10,12 +10,17 @@ Two halves:
   numbers a dashboard shows and the events a webhook receives can never disagree.
 
 Label cardinality stays bounded: stage latencies are labelled by stage only (six values); the per-stream
-series are labelled by stream name (a handful), never by track id.
+series are labelled by stream name (a handful), never by track id; drop reasons come from fixed lists
+(`FRAME_DROP_REASONS`; for sinks `queue_full` from the SinkSet and the webhook's `DROP_REASONS`).
+
+Nothing is lost without a number: `dropped_frames{stream,reason}` counts every frame or face crop that
+was not scored, `sink_dropped{sink,kind,reason}` every event or frame a sink did not deliver, and a
+webhook's outbox shows its backlog (`outbox_events`, `outbox_oldest_age_seconds`) and its deliveries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -28,6 +33,10 @@ STAGES: tuple[str, ...] = ("decode", "detect", "batch_wait", "infer", "smooth", 
 """Stages of the path of one frame whose latency is measured (DESIGN.md)."""
 
 SOURCE_STATES: tuple[str, ...] = ("connecting", "live", "reconnecting", "failed", "ended")
+
+FRAME_DROP_REASONS: tuple[str, ...] = ("source_queue_full", "decode_error", "batcher_full", "engine_error")
+"""Why a frame or face crop went unscored: replaced in a `latest` source queue by a newer frame; a damaged
+packet the decoder skipped; a live crop refused by the full micro-batcher; a crop whose engine batch failed."""
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
@@ -82,11 +91,25 @@ class Metrics:
         )
         self.sink_drops = Counter(
             "sink_dropped",
-            "Items a slow sink dropped (kind: event | frame).",
-            ["sink", "kind"],
+            "Items a sink did not deliver, by kind (event | frame) and reason.",
+            ["sink", "kind", "reason"],
             namespace=ns,
             registry=reg,
         )
+        self.sink_delivered_events = Counter(
+            "sink_delivered", "Events a sink delivered (webhooks: answered 2xx).", ["sink"], namespace=ns, registry=reg
+        )
+        self.sink_retries = Counter(
+            "sink_retries", "Delivery attempts that failed and were retried later.", ["sink"],
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.outbox_events = Gauge(
+            "outbox_events", "Events in a webhook's outbox, not delivered yet.", ["sink"], namespace=ns, registry=reg
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_age_seconds", "Age of the oldest undelivered event in a webhook's outbox (0: empty).",
+            ["sink"], namespace=ns, registry=reg,
+        )  # fmt: skip
         self.reconnects = Counter("reconnects", "Source reconnection attempts.", ["stream"], namespace=ns, registry=reg)
         self.faces = Gauge("faces", "Live face tracks.", ["stream"], namespace=ns, registry=reg)
         self.alerts = Counter("alerts", "Tracks that rose into alert.", ["stream"], namespace=ns, registry=reg)
@@ -126,12 +149,23 @@ class Metrics:
         self.fps.labels(stream).set(fps)
 
     def dropped(self, stream: str, reason: str, n: int = 1) -> None:
-        """Frames dropped before scoring (reason e.g. "queue_full", "stale")."""
+        """Frames (or face crops) not scored, by reason (one of FRAME_DROP_REASONS); n=0 creates the series."""
         self.drops.labels(stream, reason).inc(n)
 
-    def sink_dropped(self, sink: str, kind: str) -> None:
-        """`SinkSet.on_drop` hook."""
-        self.sink_drops.labels(sink, kind).inc()
+    def sink_dropped(self, sink: str, kind: str, reason: str = "queue_full", n: int = 1) -> None:
+        """Items a sink lost (`SinkSet.on_drop` hook: its queue was full); n=0 creates the series."""
+        self.sink_drops.labels(sink, kind, reason).inc(n)
+
+    def sink_delivered(self, sink: str, n: int = 1) -> None:
+        self.sink_delivered_events.labels(sink).inc(n)
+
+    def sink_retried(self, sink: str, n: int = 1) -> None:
+        self.sink_retries.labels(sink).inc(n)
+
+    def watch_outbox(self, sink: str, depth: Callable[[], float], oldest_age_s: Callable[[], float]) -> None:
+        """Report a webhook outbox's depth and oldest age, read at scrape time (from the scraping thread)."""
+        self.outbox_events.labels(sink).set_function(depth)
+        self.outbox_oldest_age.labels(sink).set_function(oldest_age_s)
 
     def reconnect(self, stream: str) -> None:
         self.reconnects.labels(stream).inc()

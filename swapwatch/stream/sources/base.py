@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import numpy as np
 
 from swapwatch.errors import MediaError
+from swapwatch.stream.redact import log_text
 from swapwatch.stream.sources.config import SourceConfig, SourceKind
 from swapwatch.stream.sources.frames import Frame, FramePolicy, FrameQueue
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from swapwatch.stream.sources.reconnect import Session
 
 log = logging.getLogger(__name__)
+
+SOURCE_STATE_LOG_FLAG = "swapwatch_source_state"
+"""Set (true) on the log record of every state change, so a front end that shows the changes itself (the
+plain console of `watch`) can leave these records out."""
 
 SourceState = Literal["connecting", "live", "reconnecting", "failed", "ended"]
 """Where a source is: opening, delivering frames, waiting to retry after a loss, given up, or finished."""
@@ -222,6 +227,13 @@ class Source(ABC):
     def started(self) -> bool:
         """True once `start` (or `frames`) ran."""
         return self._task is not None
+
+    @property
+    def reader_alive(self) -> bool:
+        """True while the reader thread of the current connection runs (it may outlive `aclose` until a
+        network open or read blocked in FFmpeg reaches its timeout)."""
+        session = self._session
+        return session is not None and session.alive
 
     def add_listener(self, listener: StateListener) -> Callable[[], None]:
         """Call `listener(change)` on every state change (on the loop thread); returns a function that removes it.
@@ -435,7 +447,8 @@ class Source(ABC):
         change = StateChange(self.name, self.url, old, new, reason, error, attempt, retry_in_s)
         self.history.append(change)
         level = logging.WARNING if new in ("reconnecting", "failed") else logging.INFO
-        log.log(level, "%s: %s -> %s: %s", self.name, old, new, reason)
+        log.log(level, "%s: %s -> %s: %s", log_text(self.name), old, new, log_text(reason, 1000),
+                extra={SOURCE_STATE_LOG_FLAG: True})
         for listener in list(self._listeners):
             try:
                 listener(change)

@@ -5,6 +5,12 @@ defaults to `None`, meaning "derive it from the URL"; the `resolved_*` propertie
 source actually uses. Deriving at read time instead of filling the fields in a validator keeps
 `validate_assignment` honest: changing `url` later changes everything that follows from it.
 
+The URL is a closed contract: its scheme (or a plain path's shape) decides the kind, and only the
+schemes in SCHEME_KINDS are read. An explicit `kind` may repeat that kind, never change it, and a plain
+path that starts like an FFmpeg protocol (`concat:`, `subfile,`, `pipe:`, `data:`, ...) is refused, so
+a URL can never reach FFmpeg protocols beyond the ones its kind reads (ffmpeg_options.py pins those
+for FFmpeg too). Stream names follow swapwatch/stream/names.py; derived names always do.
+
 Credentials never leave this module in clear: `mask_url` hides passwords, bare user tokens and
 secret-looking query parameters, and every name, log line, error and `repr` uses the masked form.
 The real URL is only handed to FFmpeg.
@@ -17,9 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from swapwatch.config import StrictModel
+from swapwatch.stream.names import StreamName, to_stream_name
+from swapwatch.stream.sources.ffmpeg_options import check_ffmpeg_options
 from swapwatch.stream.sources.frames import FramePolicy
 
 SourceKind = Literal["file", "rtsp", "http", "webcam", "webrtc"]
@@ -46,7 +54,10 @@ SECRET_QUERY_KEYS: frozenset[str] = frozenset(
 """Query parameters whose values are masked like passwords (case-insensitive)."""
 
 MASK = "***"
-_WEBCAM_PATH = re.compile(r"^/dev/video\d+$")
+_WEBCAM_PATH = re.compile(r"/dev/video[0-9]+")
+_DEVICE_PATH = re.compile(r"/dev/[A-Za-z0-9._:/-]+")
+_PROTOCOL_PREFIX = re.compile(r"[A-Za-z0-9+.-]+:|subfile,")
+"""How FFmpeg recognises a protocol in front of a path (`concat:`, `pipe:`, `data:`, `subfile,,...:`)."""
 
 
 def mask_url(url: str) -> str:
@@ -110,20 +121,56 @@ def redact(text: str, url: str) -> str:
 def detect_kind(url: str) -> SourceKind:
     """The kind a URL or path names: scheme first, then `/dev/videoN` or a bare camera index, else a file.
 
-    Raises ValueError for a URL scheme swapwatch does not read (rtmp://, srt://, udp://, ...), naming
-    the schemes it does.
+    Raises ValueError for a URL scheme swapwatch does not read (rtmp://, srt://, udp://, tcp://, ...),
+    for a path that starts like an FFmpeg protocol (`concat:`, `pipe:`, `data:`, `subfile,`), and for a
+    `v4l2://` URL that names no device node, each message naming what is read.
     """
     text = url.strip()
     if "://" in text:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in SCHEME_KINDS:
+            shown = scheme if len(scheme) <= 20 else scheme[:20] + "..."
             raise ValueError(
-                f"unsupported URL scheme {scheme!r}: use one of {', '.join(sorted(SCHEME_KINDS))}, or a file path"
+                f"unsupported URL scheme {shown!r}: use one of {', '.join(sorted(SCHEME_KINDS))}, or a file path"
             )
-        return SCHEME_KINDS[scheme]
-    if _WEBCAM_PATH.match(text) or text.isdigit():
+        kind = SCHEME_KINDS[scheme]
+        if kind == "webcam" and not _is_device(webcam_device(text)):
+            raise ValueError("a v4l2:// URL names a device node, e.g. v4l2:///dev/video0")
+        return kind
+    prefix = _PROTOCOL_PREFIX.match(text)
+    if prefix:
+        raise ValueError(
+            f"{prefix.group()!r} is an FFmpeg protocol, not a file path: use one of "
+            f"{', '.join(f'{s}://' for s in sorted(SCHEME_KINDS))}, or a file path (./name for a file whose "
+            "name holds a colon)"
+        )
+    if _WEBCAM_PATH.fullmatch(text) or (text.isascii() and text.isdigit()):
         return "webcam"
     return "file"
+
+
+def _is_device(path: str) -> bool:
+    return _DEVICE_PATH.fullmatch(path) is not None and ".." not in path.split("/")
+
+
+def network_url_problem(url: str) -> str | None:
+    """What is wrong with a network URL (no host, a bad port or IPv6 literal), or None."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as err:
+        return f"not a valid URL ({err})"
+    if not parts.hostname:
+        return f"no host in {mask_url(url)!r}"
+    return None
+
+
+def file_url_problem(url: str) -> str | None:
+    """What is wrong with a file:// URL (a host other than localhost), or None; plain paths are fine."""
+    text = url.strip()
+    if text.lower().startswith("file://") and urlsplit(text).netloc.lower() not in ("", "localhost"):
+        return "a file:// URL names a local path: write file:///path (three slashes)"
+    return None
 
 
 def webcam_device(url: str) -> str:
@@ -146,15 +193,19 @@ def default_name(url: str, kind: SourceKind) -> str:
     """A short stream name derived from the URL, never holding credentials or the query string.
 
     Files: the file stem (`lobby.mp4` -> `lobby`); webcams: the device (`video0`); network URLs:
-    `host[:port]/path` (`rtsp://u:p@10.0.0.5:554/live/cam1?x=1` -> `10.0.0.5:554/live/cam1`).
+    `host[:port]_path` (`rtsp://u:p@10.0.0.5:554/live/cam1?x=1` -> `10.0.0.5:554_live_cam1`). Characters
+    a stream name may not hold (`/`, spaces, ...) become `_` (swapwatch/stream/names.py), so the result
+    is always a valid name.
     """
     if kind == "file":
-        return file_path(url).stem or str(file_path(url))
+        return to_stream_name(file_path(url).stem, fallback="file")
     if kind == "webcam":
-        return Path(webcam_device(url)).name
+        return to_stream_name(Path(webcam_device(url)).name, fallback="webcam")
     parts = urlsplit(url.strip())
     host = parts.netloc.rpartition("@")[2]
-    return f"{host}{parts.path.rstrip('/')}" or mask_url(url)
+    if host.startswith("["):  # an IPv6 literal: "[::1]:554" would lose its leading colons
+        host = "ip6-" + host[1:].replace("]", "", 1)
+    return to_stream_name(f"{host}{parts.path.rstrip('/')}", fallback=kind)
 
 
 class ReconnectConfig(StrictModel):
@@ -211,11 +262,15 @@ class SourceConfig(StrictModel):
         "/dev/videoN, v4l2:///dev/videoN or a camera index ('0'). Also accepted as 'path'. "
         "Credentials in it are never logged.",
     )
-    name: str | None = Field(
-        None, min_length=1, description="Stream name used in events and metrics; null derives one from the URL."
+    name: StreamName | None = Field(
+        None,
+        description="Stream name used in events, metrics and API paths: 1-128 ASCII letters, digits, '.', '_', "
+        "'-', ':' or '@', starting with a letter or digit; null derives one from the URL.",
     )
     kind: SourceKind | None = Field(
-        None, description="file, rtsp, http or webcam; null detects it from the URL's scheme or path."
+        None,
+        description="file, rtsp, http or webcam. The URL's scheme or path decides the kind; this may only repeat "
+        "it (a mismatch is an error), null takes it from the URL.",
     )
     live: bool | None = Field(
         None,
@@ -267,7 +322,10 @@ class SourceConfig(StrictModel):
     )
     ffmpeg_options: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra FFmpeg demuxer/protocol options, applied last (they override swapwatch's own).",
+        description="Extra FFmpeg demuxer/protocol options, applied last (they override swapwatch's own), for "
+        "trusted configs: the API refuses them unless server.api_ffmpeg_options lists the option names, and "
+        "never allows options that forge requests or listen (headers, method, post_data, rtsp_flags, ...). "
+        "protocol_whitelist/protocol_blacklist are pinned per kind and refused everywhere.",
     )
     video_size: str | None = Field(
         None,
@@ -284,17 +342,42 @@ class SourceConfig(StrictModel):
         default_factory=ReconnectConfig, description="Backoff between connection attempts of a live source."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        # Python's URL parser drops tabs and newlines that FFmpeg would keep: the two must see one URL.
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("holds a control character (newline, tab, NUL, ...)")
+        return value
+
+    @field_validator("ffmpeg_options")
+    @classmethod
+    def _options_allowed(cls, value: dict[str, str]) -> dict[str, str]:
+        check_ffmpeg_options(value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> SourceConfig:
+        if self.kind == "webrtc":
+            raise ValueError("kind: webrtc streams are published to the server (POST /whip), not opened from a URL")
         try:
             detected = detect_kind(self.url)
         except ValueError as err:
-            if self.kind is None:
-                raise ValueError(f"url: {err}") from None
-            detected = self.kind
-        kind = self.kind or detected
-        if kind == "webrtc":
-            raise ValueError("kind: webrtc streams are published to the server (POST /whip), not opened from a URL")
+            raise ValueError(f"url: {err}") from None
+        kind = detected
+        if kind in ("rtsp", "http"):
+            problem = network_url_problem(self.url)
+        elif kind == "file":
+            problem = file_url_problem(self.url)
+        else:
+            problem = None
+        if problem:
+            raise ValueError(f"url: {problem}")
+        if self.kind is not None and self.kind != detected:
+            raise ValueError(
+                f"kind: {self.kind!r} does not match the URL, which names a {detected} source: the URL's scheme "
+                "decides the kind (leave kind out)"
+            )
         webcam_only = [f for f in ("video_size", "framerate", "input_format") if getattr(self, f) is not None]
         if webcam_only and kind != "webcam":
             raise ValueError(f"{', '.join(webcam_only)}: only for webcam sources (this one is {kind})")
@@ -302,7 +385,7 @@ class SourceConfig(StrictModel):
 
     @property
     def resolved_kind(self) -> SourceKind:
-        """The kind in use: `kind`, or the one detected from `url`."""
+        """The kind in use: the one `url` names (`kind`, when set, is validated to be the same)."""
         return self.kind or detect_kind(self.url)
 
     @property

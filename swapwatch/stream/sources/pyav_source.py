@@ -9,6 +9,9 @@ What FACTS.md ("Video") taught, and how it is used here:
   (live latency went from 42 ms to 109 ms). `decode_threading` can change it for recorded benchmarks.
 - When the server dies, decoding just stops with no exception: this module reports a plain EOF and
   the supervisor (reconnect.py) decides that on a live URL it is a loss.
+- Every source opens with FFmpeg's `protocol_whitelist` pinned to its kind's protocols
+  (ffmpeg_options.py), and files are handed over as `file:PATH`, so neither a path that looks like a
+  protocol (`concat:...`) nor a playlist or redirect can make FFmpeg open anything else.
 - No server: ConnectionRefusedError; unknown path: HTTPNotFoundError. These, and every other FFmpeg
   error, become a specific `SourceError` naming the masked URL (FFmpeg's own messages quote the URL
   they were given, credentials included, so only their `strerror` is kept).
@@ -42,6 +45,7 @@ from swapwatch.stream.sources.base import (
     SourceUnreachableError,
 )
 from swapwatch.stream.sources.config import SourceConfig, SourceKind, file_path, redact
+from swapwatch.stream.sources.ffmpeg_options import KIND_PROTOCOLS
 from swapwatch.stream.sources.reconnect import Session
 from swapwatch.train.data.media import to_bgr
 
@@ -55,7 +59,8 @@ RTSP_LOW_LATENCY: dict[str, str] = {"flags": "low_delay", "probesize": "32768", 
 
 
 def build_options(config: SourceConfig) -> dict[str, str]:
-    """The FFmpeg options a source opens with: swapwatch's per-kind defaults, then `config.ffmpeg_options`."""
+    """The FFmpeg options a source opens with: swapwatch's per-kind defaults, then `config.ffmpeg_options`,
+    then the kind's `protocol_whitelist` (which no config may set)."""
     kind = config.resolved_kind
     options: dict[str, str] = {}
     timeout_us = str(int(config.open_timeout_s * 1_000_000))
@@ -80,6 +85,8 @@ def build_options(config: SourceConfig) -> dict[str, str]:
         # Listen mode (the publisher connects to us): FFmpeg 8.1's default listen_timeout of -1 fails at
         # once with "Numerical result out of range" (OverflowError), so wait as long as an open may take.
         options["listen_timeout"] = str(max(1, round(config.open_timeout_s)))
+    if kind in KIND_PROTOCOLS:
+        options["protocol_whitelist"] = KIND_PROTOCOLS[kind]
     return options
 
 
@@ -234,8 +241,8 @@ class PyAVSource(Source):
     # -- hooks for subclasses (the webcam overrides them) ----------------------------------------------
 
     def _target(self) -> str:
-        """What av.open is given: the file path, or the real (unmasked) URL."""
-        return str(self._path) if self._path is not None else self._raw_url
+        """What av.open is given: `file:` and the file path, or the real (unmasked) URL."""
+        return f"file:{self._path}" if self._path is not None else self._raw_url
 
     def _format(self) -> str | None:
         """An explicit FFmpeg input format, or None to let FFmpeg probe."""

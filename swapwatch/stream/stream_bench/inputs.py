@@ -24,6 +24,7 @@ import av.error
 
 from swapwatch.errors import ConfigError
 from swapwatch.stream.glass_stamp import StampLayout
+from swapwatch.stream.names import to_stream_name
 from swapwatch.stream.rtsp_replay import RawClip, decode_to_raw
 
 SENDER_BITRATE = 2_048_000
@@ -84,7 +85,8 @@ def probe_inputs(paths: list[Path], size: tuple[int, int] | None, clip_seconds: 
     inputs: list[BenchInput] = []
     used: set[str] = set()
     for path in paths:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "clip"
+        # Room left for the "-k" suffixes; to_stream_name drops a leading symbol a stream name may not start with.
+        base = to_stream_name(re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:100], fallback="clip")
         name, k = base, 2
         while name in used:
             name, k = f"{base}_{k}", k + 1

@@ -24,6 +24,9 @@ from tests.stream.test_pipeline import (
 
 TOKEN = "test-token-0123456789abcdef"
 
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
+"""`server.allowed_networks` for tests whose API streams come from servers on this machine (denied by default)."""
+
 
 def server_config(model: Path, tmp: Path, sources: list[dict[str, Any]] | None = None, **server: Any) -> MonitorConfig:
     """A test config: the reference model, JSONL events, metrics on, and a `server` section."""

@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 
 from swapwatch.stream.demo_clip import DemoClip
-from tests.stream.server.conftest import TOKEN, ServerThread, free_port, server_config
+from tests.stream.server.conftest import LOOPBACK_NETWORKS, TOKEN, ServerThread, free_port, server_config
 
 ORIGIN = "https://desk.example"
 
 
 @pytest.fixture(scope="module")
-def srv(reference_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+def srv(reference_model: Path, swap_clip: DemoClip, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     tmp = tmp_path_factory.mktemp("api")
-    cfg = server_config(reference_model, tmp, cors_origins=[ORIGIN], max_body_bytes=4096, recent_events=500)
+    # The streams below are the test clip and RTSP servers on this machine: allow exactly those.
+    cfg = server_config(reference_model, tmp, cors_origins=[ORIGIN], max_body_bytes=4096, recent_events=500,
+                        file_roots=[str(swap_clip.path.parent)], allowed_networks=LOOPBACK_NETWORKS)
     with ServerThread(cfg) as server:
         yield server
 

@@ -53,7 +53,7 @@ def test_dashboard_shows_the_alert(reference_model: Path, swap_clip: DemoClip, t
     shot = tmp_path / "dashboard-alert.png"
 
     async def scenario() -> dict[str, Any]:
-        cfg = server_config(reference_model, tmp_path, status_interval_s=0.25)
+        cfg = server_config(reference_model, tmp_path, status_interval_s=0.25, file_roots=[str(swap_clip.path.parent)])
         async with running_server(cfg) as srv, Chromium(tmp_path / "profile") as browser:
             page = await browser.open(srv.url("/"))
             await until(page, lambda s: s["login"] and s["conn"] == "auth")  # 401 without a token: asks for it

@@ -53,7 +53,7 @@ def alerts(messages: list[tuple[str, Any]], stream: str) -> list[dict[str, Any]]
 
 def test_sse_and_websocket_see_the_alert_and_the_end(reference_model: Path, swap_clip: DemoClip, tmp_path: Path) -> None:
     async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
-        cfg = server_config(reference_model, tmp_path, status_interval_s=0.3)
+        cfg = server_config(reference_model, tmp_path, status_interval_s=0.3, file_roots=[str(swap_clip.path.parent)])
         async with running_server(cfg) as srv:
             s = srv.session
             ticket = (await (await s.post(srv.url("/api/ticket"), headers=srv.auth)).json())["ticket"]

@@ -531,3 +531,38 @@ def test_concurrent_publishers_up_to_the_limit(loopback_ice: None, clip: Path) -
             await wait_for(lambda: not h.ingest.sessions and len(h.ended) == 3, 20)
 
     run_async(scenario(), timeout=60)
+
+
+def test_one_stream_per_session_whatever_the_offer_holds(loopback_ice: None, clip: Path) -> None:
+    """An offer with three video sections makes one stream; the others are answered inactive."""
+
+    async def scenario() -> None:
+        async with whip_app() as h:
+            pc = RTCPeerConnection()
+            tracks = [FileTrack(clip, loop=True) for _ in range(3)]
+            for track in tracks:
+                pc.addTrack(track)
+            await pc.setLocalDescription(await pc.createOffer())
+            async with aiohttp.ClientSession() as http:
+                async with http.post(h.url("/whip/multi"), data=pc.localDescription.sdp,
+                                     headers={"Content-Type": "application/sdp"}) as resp:
+                    assert resp.status == 201, await resp.text()
+                    answer = await resp.text()
+                    location = resp.headers["Location"]
+                from aiortc import RTCSessionDescription
+
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                sections = answer.split("m=video ")[1:]
+                assert len(sections) == 3
+                assert ["a=inactive" in s for s in sections] == [False, True, True]
+                await h.wait_frames("multi", 3)
+                assert list(h.sources) == ["multi"]
+                assert [s["streams"] for s in h.ingest.snapshot()] == [["multi"]]
+                async with http.delete(h.base + location if location.startswith("/") else location) as resp:
+                    assert resp.status == 200
+            await h.wait_ended("multi")
+            await pc.close()
+            for track in tracks:
+                track.stop()
+
+    run_async(scenario(), timeout=60)

@@ -132,3 +132,40 @@ def test_removing_a_webrtc_stream_through_the_api_hangs_up(
                 assert r.status == 404 or (await r.json())["source_state"] == "ended"
 
     run_async(scenario(), timeout=120)
+
+
+def test_api_whip_and_offer_streams_share_one_limit(
+    loopback_ice: None, reference_model: Path, swap_clip: DemoClip, tmp_path: Path  # noqa: F811
+) -> None:
+    """server.max_streams holds across every ingest path: API streams, WHIP sessions and /offer."""
+    from tests.stream.server.conftest import LOOPBACK_NETWORKS
+    from tests.stream.server.test_whip import make_offer
+
+    async def scenario() -> None:
+        cfg = server_config(reference_model, tmp_path, max_streams=2, file_roots=[str(swap_clip.path.parent)],
+                            allowed_networks=LOOPBACK_NETWORKS)
+        async with running_server(cfg) as srv:
+            body = {"url": str(swap_clip.path), "name": "api-1", "realtime": True}
+            async with srv.session.post(srv.url("/api/streams"), json=body, headers=srv.auth) as r:
+                assert r.status == 201, await r.text()
+            first = await publish(srv.url("/whip/whip-1"), FileTrack(swap_clip.path, loop=True), token=TOKEN)
+            # Full: a third stream is refused whichever way it comes.
+            with pytest.raises(WhipClientError) as whip_full:
+                await publish(srv.url("/whip/whip-2"), FileTrack(swap_clip.path, loop=True), token=TOKEN)
+            assert whip_full.value.status == 429 and "limit 2" in str(whip_full.value)
+            offer = {"sdp": await make_offer("video"), "type": "offer", "stream": "offer-1"}
+            async with srv.session.post(srv.url("/offer"), json=offer, headers=srv.auth) as r:
+                assert r.status == 429, await r.text()
+            body2 = {**body, "name": "api-2"}
+            async with srv.session.post(srv.url("/api/streams"), json=body2, headers=srv.auth) as r:
+                assert r.status == 429 and "server.max_streams" in (await r.json())["error"]
+            # The refused sessions left nothing behind, and freeing a slot lets the next one in.
+            async with srv.session.get(srv.url("/api/streams"), headers=srv.auth) as r:
+                assert sorted(s["name"] for s in (await r.json())["streams"]) == ["api-1", "whip-1"]
+            async with srv.session.delete(srv.url("/api/streams/api-1"), headers=srv.auth) as r:
+                assert r.status == 200
+            second = await publish(srv.url("/whip/whip-2"), FileTrack(swap_clip.path, loop=True), token=TOKEN)
+            await second.close()
+            await first.close()
+
+    run_async(scenario(), timeout=120)
