@@ -346,8 +346,8 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
     """Build the configured sinks (importing only their dependencies) into a SinkSet.
 
     `smoothing` gives the thresholds drawn on evidence timelines. When metrics are on, the SinkSet's
-    drops and the webhooks' outboxes are counted in them too; the Metrics object is
-    `sinkset.get(MetricsSink).metrics`. A webhook without an `outbox` path keeps it next to the JSONL
+    drops, the webhooks' outboxes and the alerts left without evidence are counted in them too; the
+    Metrics object is `sinkset.get(MetricsSink).metrics`. A webhook without an `outbox` path keeps it next to the JSONL
     events file (`default_outbox_path`).
     """
     sinks: list[Sink] = []
@@ -381,7 +381,7 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
     if config.evidence is not None:
         from swapwatch.stream.sinks.evidence import EvidenceSink
 
-        sinks.append(EvidenceSink(config.evidence, smoothing=smoothing))
+        sinks.append(EvidenceSink(config.evidence, smoothing=smoothing, metrics=metrics))
     return SinkSet(
         sinks,
         event_queue=config.event_queue,

@@ -17,6 +17,13 @@ from `pre_s` before to `post_s` after the alert out of the ring, and a writer th
 
 and appends an entry to `<dir>/index.json` (rewritten atomically: temp file + rename).
 
+All or nothing: the files are written into a hidden `.<folder>.partial` folder next to the final one,
+renamed to the final name only once every file is complete, and only then listed in the index. When anything fails (a
+full disk, most likely) the partial folder and any temp index are removed, so a folder or index entry
+always means complete evidence. Such an alert counts as dropped, by reason (`EVIDENCE_DROP_REASONS`, the
+`reason` of `swapwatch_sink_dropped_total{sink="evidence",kind="event"}` when metrics are on), and is
+logged once per reason and interval with counts (throttled_log.py), never once per alert or frame.
+
 Trade-offs: JPEG frames cost ~2-4 ms of CPU each to encode (in this sink's own thread, never the event
 loop) but take ~20x less memory than raw ones, which is what lets a ring hold seconds of several streams;
 the clip is therefore a re-encode of JPEGs at `max_side`, good for a person to review, not a forensic
@@ -27,10 +34,12 @@ the clip can miss frames (it still plays at true time).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,8 +54,24 @@ from pydantic import Field
 from swapwatch.config import StrictModel
 from swapwatch.stream.events import Event, FrameTrack
 from swapwatch.stream.temporal import LEVEL, SmoothingConfig, State
+from swapwatch.stream.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+
+EVIDENCE_DROP_REASONS: tuple[str, ...] = ("disk_full", "disk_error", "write_error", "max_pending")
+"""Why an alert got no evidence: no space (or quota) left; another OS error writing it; any other failure
+(encoding, plotting); more than `max_pending` alerts waiting at once."""
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def failure_reason(err: BaseException) -> str:
+    """The drop reason for an exception raised while writing evidence (PyAV's errors are OSErrors too)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
+    if isinstance(err, OSError):
+        return "disk_error"
+    return "write_error"
 
 
 class EvidenceConfig(StrictModel):
@@ -189,7 +214,9 @@ class EvidenceSink:
 
     name = "evidence"
 
-    def __init__(self, config: EvidenceConfig, *, smoothing: SmoothingConfig | None = None) -> None:
+    def __init__(
+        self, config: EvidenceConfig, *, smoothing: SmoothingConfig | None = None, metrics: Any = None
+    ) -> None:
         self.config = config
         self.dir = Path(config.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -201,12 +228,32 @@ class EvidenceSink:
         self.pending: list[_Job] = []
         self.skipped = 0
         self.failed = 0
+        self.drops: dict[str, int] = {}  # by reason (EVIDENCE_DROP_REASONS)
+        self._metrics = metrics
+        # One per thread (ThrottledLog is not thread-safe): skips happen on the loop, failures in the writer.
+        self._skip_log = ThrottledLog(log, "evidence", "alerts without evidence")
+        self._fail_log = ThrottledLog(log, "evidence", "alerts without evidence")
         self._last_pts: dict[str, float] = {}
         self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence-ingest")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence-write")
         self._writes: list[Future[Any]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._closed = False
+        if metrics is not None:
+            for reason in EVIDENCE_DROP_REASONS:
+                metrics.sink_dropped(self.name, "event", reason, 0)
+        self._remove_partials()
+
+    def _remove_partials(self) -> None:
+        """Remove folders a killed process left half-written (they never made it into the index)."""
+        for partial in self.dir.glob(f"*/.*{PARTIAL_SUFFIX}"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _drop(self, reason: str, throttle: ThrottledLog, detail: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        throttle.note(reason, 1, detail)
+        if self._metrics is not None:
+            self._metrics.sink_dropped(self.name, "event", reason)
 
     def _load_index(self) -> list[dict[str, Any]]:
         if not self.index_path.is_file():
@@ -291,12 +338,10 @@ class EvidenceSink:
                 return
             if len(self.pending) >= self.config.max_pending:
                 self.skipped += 1
-                log.warning(
-                    "evidence: %d alerts already pending, skipping %s track %s",
-                    len(self.pending),
-                    event.stream,
-                    event.track,
-                )
+                self._drop(
+                    "max_pending", self._skip_log,
+                    f"{len(self.pending)} alerts already pending, skipped {event.stream} track {event.track}",
+                )  # fmt: skip
                 return
             ring = self.rings.get(event.stream)
             alert_pts = event.frame_pts
@@ -333,24 +378,54 @@ class EvidenceSink:
     def _write(self, job: _Job, frames: list[BufferedFrame]) -> dict[str, Any] | None:
         try:
             return self._write_files(job, frames)
-        except Exception:
+        except Exception as err:
             self.failed += 1
-            log.exception("evidence for %s track %s failed", job.stream, job.track)
+            reason = failure_reason(err)
+            if reason == "write_error" and reason not in self.drops:  # a bug, not the disk: its traceback, once
+                log.exception("evidence for %s track %s failed", job.stream, job.track)
+            self._drop(reason, self._fail_log, f"last: {job.stream} track {job.track}: {type(err).__name__}: {err}")
             return None
 
     def _write_files(self, job: _Job, frames: list[BufferedFrame]) -> dict[str, Any]:
-        import cv2
-
-        from swapwatch.stream.sinks.annotate import VideoWriter
-
-        c = self.config
         stamp = job.event.time.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
         folder = self.dir / safe_name(job.stream) / f"{stamp}-track{job.track if job.track is not None else 'none'}"
         n = 1
         while folder.exists():
             n += 1
             folder = folder.with_name(f"{folder.name.split('~')[0]}~{n}")
-        folder.mkdir(parents=True)
+        staging = folder.with_name(f".{folder.name}{PARTIAL_SUFFIX}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            entry = self._write_folder(job, frames, staging, folder)
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            self._write_index([*self.items, entry])
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # not listed: it must not stay looking like evidence
+            raise
+        self.items.append(entry)
+        return entry
+
+    def _write_index(self, items: list[dict[str, Any]]) -> None:
+        tmp = self.index_path.with_name(self.index_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "items": items}, indent=2) + "\n")
+            os.replace(tmp, self.index_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_folder(self, job: _Job, frames: list[BufferedFrame], staging: Path, folder: Path) -> dict[str, Any]:
+        """Write the evidence files into `staging`; the entry names them as they will be under `folder`."""
+        import cv2
+
+        from swapwatch.stream.sinks.annotate import VideoWriter
+
+        c = self.config
         entry: dict[str, Any] = {
             "event_id": job.event.id,
             "time": job.event.to_dict()["time"],
@@ -369,10 +444,10 @@ class EvidenceSink:
             "snapshot": None,
             "timeline": None,
         }
-        (folder / "event.json").write_text(json.dumps(job.event.to_dict(), indent=2) + "\n")
+        (staging / "event.json").write_text(json.dumps(job.event.to_dict(), indent=2) + "\n")
 
         if frames:
-            writer = VideoWriter(folder / "clip.mp4", crf=c.crf, preset=c.preset, fps=c.fps)
+            writer = VideoWriter(staging / "clip.mp4", crf=c.crf, preset=c.preset, fps=c.fps)
             try:
                 for f in frames:
                     img = cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -392,12 +467,15 @@ class EvidenceSink:
             img = cv2.imdecode(np.frombuffer(nearest.jpeg, np.uint8), cv2.IMREAD_COLOR)
             snapshot = crop_face(img, job.box, c.snapshot_margin, nearest.scale)
         if snapshot is not None:
-            cv2.imwrite(str(folder / "face.png"), snapshot)
+            ok, png = cv2.imencode(".png", snapshot)
+            if not ok:  # pragma: no cover - only for invalid arrays
+                raise ValueError("PNG encoding failed")
+            (staging / "face.png").write_bytes(png.tobytes())  # not cv2.imwrite: it hides why a write failed
             entry["snapshot"] = str((folder / "face.png").relative_to(self.dir))
 
         span = (frames[0].pts, frames[-1].pts) if frames else None
         plot_timeline(
-            folder / "timeline.png",
+            staging / "timeline.png",
             job.history,
             alert_pts=job.alert_pts,
             clip_span=span,
@@ -405,11 +483,6 @@ class EvidenceSink:
             title=f"{job.stream} track {job.track}: {job.event.previous_state} -> {job.event.state}",
         )
         entry["timeline"] = str((folder / "timeline.png").relative_to(self.dir))
-
-        self.items.append(entry)
-        tmp = self.index_path.with_name(self.index_path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "items": self.items}, indent=2) + "\n")
-        os.replace(tmp, self.index_path)
         return entry
 
     async def flush(self) -> None:
@@ -432,3 +505,5 @@ class EvidenceSink:
         await self.flush()
         self._ingest.shutdown(wait=True)
         self._writer.shutdown(wait=True)
+        self._skip_log.flush(force=True)
+        self._fail_log.flush(force=True)  # the writer thread is done: safe from here

@@ -11,7 +11,8 @@ Two halves:
 
 Label cardinality stays bounded: stage latencies are labelled by stage only (six values); the per-stream
 series are labelled by stream name (a handful), never by track id; drop reasons come from fixed lists
-(`FRAME_DROP_REASONS`; for sinks `queue_full` from the SinkSet and the webhook's `DROP_REASONS`).
+(`FRAME_DROP_REASONS`; for sinks `queue_full` from the SinkSet, the webhook's `DROP_REASONS` and the
+evidence sink's `EVIDENCE_DROP_REASONS`).
 
 Nothing is lost without a number: `dropped_frames{stream,reason}` counts every frame or face crop that
 was not scored, `sink_dropped{sink,kind,reason}` every event or frame a sink did not deliver, and a

@@ -283,6 +283,7 @@ class PyAVSource(Source):
     def _open_checked(self) -> Any:
         if self._path is not None:
             self._check_file()
+        started = time.monotonic()
         try:
             return self._open()
         except av.error.InvalidDataError as err:
@@ -291,6 +292,14 @@ class PyAVSource(Source):
                 if cut:
                     raise SourceTruncatedError(self.url, f"truncated: {cut}") from None
                 raise SourceCorruptError(self.url, f"not a readable video ({ffmpeg_reason(err)})") from None
+            waited = time.monotonic() - started
+            if waited >= self.config.open_timeout_s:
+                # FFmpeg's RTSP handshake reports a reply that never came as invalid data, not as a timeout.
+                raise SourceTimeoutError(
+                    self.url,
+                    f"no answer in {waited:.1f} s (open_timeout_s {self.config.open_timeout_s:g}): the server "
+                    "accepted the connection but did not answer",
+                ) from None
             raise self._classify(err) from None
 
     def _read(self, session: Session) -> None:
