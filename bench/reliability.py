@@ -8,6 +8,8 @@ Every part runs against real servers on loopback with the shipped default model:
 - `fuzz`: `swapwatch serve`'s app (in this process, on its own thread) gets --fuzz-requests requests
   drawn by hypothesis: every route, every method, random and mutated JSON bodies, SDP offers, stream URLs
   and names, raw header bytes. Counts statuses; a 500 (or a dropped connection) is a failure.
+- `properties`: the suite's hypothesis tests (API bodies, SDP offers, stream URLs and names, YAML configs,
+  the event decoder) at --fuzz-scale times the examples CI draws (tests/fuzzing.py).
 - `ssrf`: stream URLs that try to reach this machine, its private networks or its files (FFmpeg option
   injection, kind overrides, tcp/udp/concat/pipe/data URLs, loopback in its many spellings, files
   outside the configured root, a symlink out of it), with a canary TCP listener on loopback: an attempt
@@ -50,7 +52,9 @@ from swapwatch.stream.demo_clip import build_demo_clip  # noqa: E402
 from tests.stream.server.conftest import TOKEN, ServerThread, server_config  # noqa: E402
 
 MODEL = REPO / "swapwatch" / "assets" / "default.onnx"
-PARTS = ("fuzz", "ssrf", "events", "cycles")
+PARTS = ("fuzz", "properties", "ssrf", "events", "cycles")
+PROPERTY_TESTS = ["tests/stream/server/test_fuzz_inputs.py", "tests/stream/server/test_hardening_http.py",
+                  "tests/stream/test_stream_url_contract.py"]
 
 
 def progress(msg: str) -> None:
@@ -132,6 +136,21 @@ def part_fuzz(out: Path, n: int) -> dict[str, Any]:
             srv.http("DELETE", f"/api/streams/{s['name']}")
     return {"requests": sum(statuses.values()), "server_errors": len(failures), "statuses": dict(sorted(statuses.items())),
             "examples": failures[:10]}
+
+
+# --- the property-based tests, scaled up ----------------------------------------------------------------
+
+
+def part_properties(out: Path, scale: float) -> dict[str, Any]:
+    """The hypothesis tests of the suite (API bodies, SDP offers, URLs, names, YAML, events) at `scale` x their CI examples."""
+    progress(f"properties: pytest at SWAPWATCH_FUZZ_SCALE={scale:g}")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PROPERTY_TESTS], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "SWAPWATCH_FUZZ_SCALE": str(scale),
+                                                              "SWAPWATCH_PROGRESS": "0"})
+    (out / "properties.log").write_text(run.stdout + run.stderr)
+    last = (run.stdout.strip().splitlines() or ["no output"])[-1]
+    return {"scale": scale, "passed": run.returncode == 0, "pytest": last, "wall_s": round(time.monotonic() - started)}
 
 
 # --- ssrf -------------------------------------------------------------------------------------------------
@@ -431,6 +450,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f = summary["fuzz"]
         lines += ["## Fuzzed requests", "", f"{f['requests']} requests, **{f['server_errors']} server errors** (500 or a dropped connection).",
                   "", "| status | requests |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in f["statuses"].items()], ""]
+    if "properties" in summary:
+        p = summary["properties"]
+        lines += ["## Property-based tests, scaled up", "", f"The suite's hypothesis tests at {p['scale']:g}x their CI examples: "
+                  f"**{'passed' if p['passed'] else 'FAILED'}** ({p['pytest']}).", ""]
     if "ssrf" in summary:
         s = summary["ssrf"]
         lines += ["## Request forgery and file reads through stream URLs", "",
@@ -461,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "reliability")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--fuzz-requests", type=int, default=2000)
+    ap.add_argument("--fuzz-scale", type=float, default=20.0, help="property tests: this many times their CI examples")
     ap.add_argument("--cycles", type=int, default=200)
     ap.add_argument("--kill-after", type=float, default=14.0, help="seconds into the first run before kill -9")
     args = ap.parse_args(argv)
@@ -468,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores"}
     if "fuzz" in args.parts:
         summary["fuzz"] = part_fuzz(args.out, args.fuzz_requests)
+    if "properties" in args.parts:
+        summary["properties"] = part_properties(args.out, args.fuzz_scale)
     if "ssrf" in args.parts:
         summary["ssrf"] = part_ssrf(args.out)
     if "events" in args.parts:
@@ -479,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.md").write_text(md)
     print(md)
     bad = (summary.get("fuzz", {}).get("server_errors", 0) + summary.get("ssrf", {}).get("succeeded", 0)
-           + summary.get("events", {}).get("lost", 0))
+           + summary.get("events", {}).get("lost", 0) + (not summary.get("properties", {}).get("passed", True)))
     return 1 if bad else 0
 
 

@@ -34,6 +34,7 @@ from swapwatch.stream.server.config import ServerConfig
 from swapwatch.stream.server.source_access import OUTSIDE_FILE_ROOTS, SourceRefused, check_api_source
 from swapwatch.stream.sinks.evidence import safe_name
 from swapwatch.stream.sources import SourceConfig, build_options, open_source
+from tests.fuzzing import examples
 from tests.stream.conftest import collect, run_async
 from tests.stream.server.conftest import ServerThread, server_config
 
@@ -240,7 +241,7 @@ def test_derived_names_are_valid(url: str) -> None:
     assert "pw" not in cfg.resolved_name
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=examples(200), deadline=None, database=None)
 @given(st.text(max_size=300))
 def test_any_text_makes_a_valid_name(text: str) -> None:
     assert is_stream_name(to_stream_name(text))
@@ -437,7 +438,7 @@ names = st.one_of(
 )
 
 
-@settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(50), deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=names)
 def test_a_name_is_refused_or_reachable_through_the_api(srv: ServerThread, files: dict[str, Path], name: str) -> None:
     # A missing file inside the root: the stream is added, fails at once (nothing to decode), and stays listed.

@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from swapwatch.errors import ConfigError
 from swapwatch.stream.config import load_monitor_config
 from swapwatch.stream.events import Event
+from tests.fuzzing import examples
 from tests.stream.server.conftest import ServerThread, server_config
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --- SDP offers -------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ yaml_values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.dictionaries(st.sampled_from(KEYS), yaml_values, max_size=5))
 def test_any_config_mapping_loads_or_names_what_is_wrong(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("cfg") / "monitor.yaml"
@@ -147,7 +148,7 @@ def test_any_config_mapping_loads_or_names_what_is_wrong(data: dict[str, Any], t
         assert str(err).strip()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(text=st.text(max_size=400) | st.binary(max_size=400).map(lambda b: b.decode("latin-1")))
 def test_any_config_text_loads_or_names_what_is_wrong(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("cfg") / "monitor.yaml"
@@ -172,7 +173,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(changes=st.dictionaries(st.sampled_from([*A_REAL_EVENT, "extra"]), json_values, max_size=4),
        dropped=st.sets(st.sampled_from(list(A_REAL_EVENT)), max_size=3))
 def test_the_event_decoder_accepts_or_rejects_with_a_validation_error(changes: dict[str, Any], dropped: set[str]) -> None:
@@ -185,7 +186,7 @@ def test_the_event_decoder_accepts_or_rejects_with_a_validation_error(changes: d
     assert Event.from_json(encoded).model_dump_json() == encoded  # what decodes, re-encodes stably
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(raw=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_the_event_decoder_rejects_arbitrary_bytes_cleanly(raw: bytes) -> None:
     try:

@@ -37,6 +37,7 @@ from swapwatch.stream.demo_clip import DemoClip
 from swapwatch.stream.pipeline import StreamNotFoundError
 from swapwatch.stream.server.app import unexpected_errors
 from swapwatch.stream.whip_client import FileTrack, publish
+from tests.fuzzing import examples
 from tests.stream.conftest import run_async
 from tests.stream.server.conftest import (
     TOKEN,
@@ -329,7 +330,7 @@ CONTENT_TYPES = st.sampled_from([b"application/json", b"text/json", b"applicatio
 AUTHORIZATION = st.sampled_from([f"Bearer {TOKEN}".encode(), b"Bearer nope", None]) | HEADER_BYTES
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(path=st.sampled_from(["/api/streams", "/api/ticket", "/offer", "/whip", "/whip/fuzz", "/api/streams/x"]),
        method=st.sampled_from(["POST", "POST", "DELETE", "PATCH"]), body=BODIES, content_type=CONTENT_TYPES,
        authorization=AUTHORIZATION, origin=st.none() | HEADER_BYTES)
