@@ -16,7 +16,8 @@ kept retrying: its line on stderr says why, with the last connection error), or 
 reported (stream events, its line on stderr) but is not a failure of the run.
 
 Off a terminal the console writes plain lines on stdout, one per stream and state change; the sources'
-own log lines about the same changes are then left out of stderr, so each message appears once.
+own log lines about the same changes are then left out of stderr, so each message appears once. With
+`--events -` stdout carries only the events (JSON lines) and the console writes to stderr.
 """
 
 from __future__ import annotations

@@ -161,3 +161,15 @@ def test_print_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "hunter2" not in out and "hmac-secret-value" not in out and "tok123" not in out
     assert "admin:***@cam.local/live" in out and "secret_env: SWAPWATCH_WEBHOOK_SECRET" in out
     assert "detect_every: 4" in out and "# smoothing thresholds" in out
+
+
+def test_events_on_stdout_keep_stdout_to_json_lines(clip: DemoClip, reference_model: Path, tmp_path: Path) -> None:
+    """`--events -` with the console on: stdout carries only events, the console's lines go to stderr."""
+    args = [a for a in fast_args(reference_model) if a != "--no-console"]
+    cmd = [sys.executable, "-c", CLI, "watch", str(clip.path), "--events", "-", "--no-realtime", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SWAPWATCH_PROGRESS": "0"}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    events = [Event.from_json(line) for line in run.stdout.splitlines()]
+    assert events and events[-1].type == "stream" and events[-1].source_state == "ended"
+    assert "clip: source live" in run.stderr  # the console's plain lines, off a terminal

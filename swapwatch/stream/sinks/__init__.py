@@ -373,7 +373,11 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
     if config.console is not None:
         from swapwatch.stream.sinks.console import ConsoleSink
 
-        sinks.append(ConsoleSink(config.console))
+        from rich.console import Console
+
+        # Events on stdout (`--events -`) keep stdout to JSON lines: the console view moves to stderr.
+        events_on_stdout = config.jsonl is not None and config.jsonl.path == "-"
+        sinks.append(ConsoleSink(config.console, console=Console(stderr=True) if events_on_stdout else None))
     if config.annotate is not None:
         from swapwatch.stream.sinks.annotate import AnnotatedVideoSink
 
