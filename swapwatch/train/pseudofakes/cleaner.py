@@ -29,14 +29,14 @@ import numpy as np
 from pydantic import Field
 
 from swapwatch.config import StrictModel
-from swapwatch.train.pseudofakes.masks import InnerMaskConfig, MaskConfig, check_face_inputs, face_hull_mask, inner_face_mask
+from swapwatch.train.pseudofakes.masks import HullBlendConfig, check_face_inputs
 from swapwatch.train.pseudofakes.reconstruct import decode
 from swapwatch.train.pseudofakes.self_blend import blend, draw_ratio
 
 Range = tuple[float, float]
 
 
-class CleanFaceConfig(StrictModel):
+class CleanFaceConfig(HullBlendConfig):
     """The context's grain, the restorer chain on the face, and the blend."""
 
     context_noise: Range = Field((2.0, 9.0), description="Sensor-noise sigma added to the context (0-255 units).")
@@ -52,11 +52,6 @@ class CleanFaceConfig(StrictModel):
     texture_sigma: Range = Field((0.8, 2.5), description="Amplitude of that texture (0-255 units).")
     relight_prob: float = Field(0.5, ge=0.0, le=1.0, description="Chance of evening out the face's low-frequency light.")
     relight_strength: Range = Field((0.2, 0.6), description="How far the light is pulled toward its smooth mean.")
-    hull_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance of the whole face hull (else the inner face).")
-    mask: MaskConfig = Field(default_factory=MaskConfig, description="Face-hull mask geometry.")
-    inner_mask: InnerMaskConfig = Field(default_factory=InnerMaskConfig, description="Inner-face mask geometry.")
-    ratio: Range = Field((0.7, 1.0), description="Blend ratio range.")
-    ratio_one_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance the blend ratio is exactly 1.")
 
 
 class WholeSynthConfig(StrictModel):
@@ -121,10 +116,7 @@ def clean_face(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
     cfg = cfg or CleanFaceConfig()
     lm = check_face_inputs(crop, landmarks)
     size = crop.shape[0]
-    if rng.random() < cfg.hull_prob:
-        mask = face_hull_mask(lm, size, rng, cfg.mask)
-    else:
-        mask = inner_face_mask(lm, size, rng, cfg.inner_mask)
+    mask = cfg.draw_mask(lm, size, rng)
     context = add_grain(crop, rng, cfg)
     face = restore(crop, rng, cfg)
     ratio = draw_ratio(rng, cfg.ratio, cfg.ratio_one_prob)

@@ -231,3 +231,21 @@ def inner_face_mask(landmarks: np.ndarray, size: int, rng: np.random.Generator,
     `MaskConfig` gives the full hull.
     """
     return face_hull_mask(landmarks, size, rng, cfg or InnerMaskConfig())
+
+
+class HullBlendConfig(StrictModel):
+    """How a rendered face is blended back: the whole hull or the inner face, and the blend ratio.
+
+    Shared by the recipes that paste a re-rendered face over the crop (clean_face, restored)."""
+
+    hull_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance of the whole face hull (else the inner face).")
+    mask: MaskConfig = Field(default_factory=MaskConfig, description="Face-hull mask geometry.")
+    inner_mask: InnerMaskConfig = Field(default_factory=InnerMaskConfig, description="Inner-face mask geometry.")
+    ratio: Range = Field((0.7, 1.0), description="Blend ratio range.")
+    ratio_one_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance the blend ratio is exactly 1.")
+
+    def draw_mask(self, landmarks: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """The hull (with chance `hull_prob`) or the inner-face mask for this draw."""
+        if rng.random() < self.hull_prob:
+            return face_hull_mask(landmarks, size, rng, self.mask)
+        return inner_face_mask(landmarks, size, rng, self.inner_mask)

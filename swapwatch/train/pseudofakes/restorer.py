@@ -29,8 +29,7 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from swapwatch.config import StrictModel
-from swapwatch.train.pseudofakes.masks import InnerMaskConfig, MaskConfig, check_face_inputs, face_hull_mask, inner_face_mask
+from swapwatch.train.pseudofakes.masks import HullBlendConfig, check_face_inputs
 from swapwatch.train.pseudofakes.self_blend import blend, draw_ratio
 
 Range = tuple[float, float]
@@ -38,7 +37,7 @@ DOWN = 4
 """The network's total downsampling: input sides must be multiples of it."""
 
 
-class RestorerConfig(StrictModel):
+class RestorerConfig(HullBlendConfig):
     """Where the restorer network lives, how it is trained, and how its faces are blended back."""
 
     weights: Path = Field(Path("runs/restorer/restorer.pt"), description="The trained network (trained by `swapwatch train` when missing).")
@@ -50,11 +49,6 @@ class RestorerConfig(StrictModel):
     input_jpeg_prob: float = Field(0.5, ge=0.0, le=1.0, description="Chance the network's input is JPEG-compressed first.")
     colour_match_prob: float = Field(0.8, ge=0.0, le=1.0, description="Chance of matching the face's colour statistics to the crop.")
     sharpen_prob: float = Field(0.5, ge=0.0, le=1.0, description="Chance of an unsharp mask after upsampling (restorer post-pass).")
-    hull_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance of the whole face hull (else the inner face).")
-    mask: MaskConfig = Field(default_factory=MaskConfig, description="Face-hull mask geometry.")
-    inner_mask: InnerMaskConfig = Field(default_factory=InnerMaskConfig, description="Inner-face mask geometry.")
-    ratio: Range = Field((0.7, 1.0), description="Blend ratio range.")
-    ratio_one_prob: float = Field(0.6, ge=0.0, le=1.0, description="Chance the blend ratio is exactly 1.")
 
     @field_validator("work_sizes")
     @classmethod
@@ -114,10 +108,7 @@ def restored_face(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Genera
     rendered = render(small)
     interp = cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC
     face = cv2.resize(rendered, (size, size), interpolation=interp)
-    if rng.random() < cfg.hull_prob:
-        mask = face_hull_mask(lm, size, rng, cfg.mask)
-    else:
-        mask = inner_face_mask(lm, size, rng, cfg.inner_mask)
+    mask = cfg.draw_mask(lm, size, rng)
     if rng.random() < cfg.colour_match_prob:
         face = colour_match(face, crop, mask)
     if rng.random() < cfg.sharpen_prob:
