@@ -354,6 +354,14 @@ def resources() -> dict[str, float]:
     return {"threads": threading.active_count(), "fds": len(os.listdir("/proc/self/fd")), "rss_mb": round(rss_kb / 1024, 1)}
 
 
+def trimmed_rss_mb() -> float:
+    """RSS after asking glibc to hand freed heap back to the system: what a leak would still hold."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return resources()["rss_mb"]
+
+
 def settle(srv: ServerThread, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and srv.call(asyncio.sleep(0, result=srv.monitor.streams_in_use())) > 0:
@@ -361,7 +369,7 @@ def settle(srv: ServerThread, timeout: float = 60.0) -> None:
     time.sleep(1.0)
 
 
-def part_cycles(out: Path, cycles: int) -> dict[str, Any]:
+def part_cycles(out: Path, cycles: int, only: list[str] | None = None) -> dict[str, Any]:
     from tests.stream.server.conftest import LOOPBACK_NETWORKS
 
     media = out / "cycles-media"
@@ -391,6 +399,8 @@ def part_cycles(out: Path, cycles: int) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported in the summary
         skipped = f"rtsp: {err}"
     kinds["whip"] = _whip_cycle(clip.path)
+    if only:
+        kinds = {k: v for k, v in kinds.items() if k in only}
     results: dict[str, Any] = {}
     cfg = server_config(MODEL, out / "cycles", file_roots=[str(media)], allowed_networks=LOOPBACK_NETWORKS, max_streams=8)
     import aioice.ice
@@ -401,15 +411,18 @@ def part_cycles(out: Path, cycles: int) -> dict[str, Any]:
             for kind, cycle in kinds.items():
                 cycle(srv, -1)  # warm: first-use allocations are not a leak
                 settle(srv)
-                before = resources()
+                before = {**resources(), "rss_mb_trimmed": trimmed_rss_mb()}
                 started = time.monotonic()
+                curve = []
                 for i in range(cycles):
                     cycle(srv, i)
                     if (i + 1) % 50 == 0:
-                        progress(f"cycles: {kind} {i + 1}/{cycles}")
+                        curve.append(resources()["rss_mb"])
+                        progress(f"cycles: {kind} {i + 1}/{cycles}, RSS {curve[-1]} MB")
                 settle(srv)
-                after = resources()
-                results[kind] = {"before": before, "after": after, "wall_s": round(time.monotonic() - started, 1)}
+                after = {**resources(), "rss_mb_trimmed": trimmed_rss_mb()}
+                results[kind] = {"before": before, "after": after, "rss_mb_every_50": curve,
+                                 "wall_s": round(time.monotonic() - started, 1)}
                 progress(f"cycles: {kind}: {before} -> {after}")
     finally:
         http_srv.shutdown()
@@ -467,12 +480,14 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"duplicates {e['duplicates']} (at-least-once; the receiver de-duplicates by `Idempotency-Key`).", ""]
     if "cycles" in summary:
         c = summary["cycles"]
-        lines += [f"## Resources after {c['cycles']} add/remove cycles", "", "| ingest | threads | fds | RSS MB | wall s |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"## Resources after {c['cycles']} add/remove cycles", "",
+                  "| ingest | threads | fds | RSS MB | RSS MB after malloc_trim | RSS every 50 cycles | wall s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for kind, r in c["kinds"].items():
             b, a = r["before"], r["after"]
             lines.append(f"| {kind} | {b['threads']} -> {a['threads']} | {b['fds']} -> {a['fds']} | "
-                         f"{b['rss_mb']} -> {a['rss_mb']} | {r['wall_s']} |")
+                         f"{b['rss_mb']} -> {a['rss_mb']} | {b['rss_mb_trimmed']} -> {a['rss_mb_trimmed']} | "
+                         f"{', '.join(str(x) for x in r['rss_mb_every_50'])} | {r['wall_s']} |")
         if c.get("skipped"):
             lines.append(f"\nSkipped: {c['skipped']}")
         lines.append("")
@@ -486,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz-requests", type=int, default=2000)
     ap.add_argument("--fuzz-scale", type=float, default=20.0, help="property tests: this many times their CI examples")
     ap.add_argument("--cycles", type=int, default=200)
+    ap.add_argument("--ingest", nargs="+", choices=["api-file", "api-http", "api-rtsp", "whip"],
+                    help="cycles: only these ingest kinds (default: all)")
     ap.add_argument("--kill-after", type=float, default=14.0, help="seconds into the first run before kill -9")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -499,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if "events" in args.parts:
         summary["events"] = part_events(args.out, args.kill_after)
     if "cycles" in args.parts:
-        summary["cycles"] = part_cycles(args.out, args.cycles)
+        summary["cycles"] = part_cycles(args.out, args.cycles, args.ingest)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     md = markdown(summary)
     (args.out / "summary.md").write_text(md)

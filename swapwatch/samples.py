@@ -44,8 +44,8 @@ def sample_crops(size: int, margin: float, limit: int = 16, *, crop_size: int | 
     They go through the shared resampling chain: aligned at `crop_size` (pass the model's
     `alignment.size`; None means `CANONICAL_SIZE`), then shrunk to `size`, as the monitor does.
     """
+    from swapwatch.media.image import read_image
     from swapwatch.stream.faces import CANONICAL_SIZE, FacePipeline, load_detector
-    from swapwatch.stream.faces.pipeline import read_image
 
     pipeline = FacePipeline(
         load_detector(), size=size, margin=margin, crop_size=CANONICAL_SIZE if crop_size is None else crop_size

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from swapwatch.errors import ConfigError, DatasetLayoutError, MediaError, NoFaceError
-from swapwatch.train.data.media import media_files
+from swapwatch.media.files import is_video, media_files
+from swapwatch.media.image import read_image
+from swapwatch.media.video import sample_video
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ def _shuffled(paths: list[Path], seed: int, label: int) -> list[Path]:
 
 def _read_aligned(path: Path, size: int, crop_size: int) -> np.ndarray:
     """An aligned crop at the input `size` or the canonical `crop_size` (shrunk later by `to_input`)."""
-    from swapwatch.train.data.media import is_video, read_image
-
     if is_video(path):
         raise ConfigError(f"{path}: a video in --crops mode; aligned crops must be images (drop --crops to detect faces)")
     img = read_image(path)
@@ -116,8 +116,6 @@ def _read_aligned(path: Path, size: int, crop_size: int) -> np.ndarray:
 
 
 def _frames(path: Path, frames_per_video: int) -> list[tuple[str, np.ndarray]]:
-    from swapwatch.train.data.media import is_video, read_image, sample_video
-
     if is_video(path):
         return [(f"{path}#frame{i}", frame) for i, frame in sample_video(path, frames_per_video)]
     return [(str(path), read_image(path))]

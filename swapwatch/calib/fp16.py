@@ -191,7 +191,7 @@ def probe_ranges(model: Any, batch: np.ndarray | PreprocessedCrops, chunk: int =
     on ONNX Runtime CPU, `chunk` crops per run."""
     import onnx
 
-    from swapwatch.stream.faces.onnx_session import make_session
+    from swapwatch.media.onnx_session import make_session
 
     types = _types(model)
     probe = onnx.ModelProto()

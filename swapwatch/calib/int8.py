@@ -412,7 +412,7 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from swapwatch.stream.faces.onnx_session import make_session
+    from swapwatch.media.onnx_session import make_session
 
     cfg = cfg or Int8Config()
     src, dst = Path(fp32_onnx), Path(out)

@@ -32,16 +32,13 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Self
 
 import numpy as np
-from pydantic import Field
 
-from swapwatch.config import StrictModel
+from swapwatch.engine.batcher_config import BatcherConfig, SupportsInfer
+from swapwatch.engine.profile import EngineProfile, batcher_config_from_profile, profile_engine
 from swapwatch.errors import SwapwatchError
-
-if TYPE_CHECKING:
-    from swapwatch.engine.profile import EngineProfile
 
 log = logging.getLogger(__name__)
 
@@ -50,55 +47,12 @@ log = logging.getLogger(__name__)
 STATS_WINDOW = 4096
 
 
-class SupportsInfer(Protocol):
-    """What the batcher needs from an engine: a normalised NCHW float32 batch in, one score per row out.
-
-    `max_batch` (None = unbounded) and `input_size` are read with getattr when present, so any engine
-    of swapwatch.engine (or a test double) fits.
-    """
-
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
-
-
 class BatcherClosed(SwapwatchError):
     """The batcher was closed (or never started) before this crop was scored."""
 
 
 class EngineBatchError(SwapwatchError):
     """The engine failed on the batch that held this crop; other batches are unaffected."""
-
-
-class BatcherConfig(StrictModel):
-    """Micro-batcher knobs. Leave max_batch/max_wait_ms unset to take them from the engine's profile."""
-
-    max_batch: int | None = Field(
-        None,
-        ge=1,
-        description="Most crops per engine call. None: chosen from the engine's measured profile "
-        "(the batch with the best throughput whose p95 latency fits budget_ms), capped by the engine's own max_batch.",
-    )
-    max_wait_ms: float | None = Field(
-        None,
-        ge=0.0,
-        description="Longest time the oldest queued crop waits for others to join its batch. None: from the "
-        "profile (a fraction of single-crop latency, a few ms on CPU, under 1 ms on a GPU); 0 never waits.",
-    )
-    max_queue: int = Field(
-        64,
-        ge=1,
-        description="Most crops waiting for a batch. When full, submit() waits and try_submit() returns None.",
-    )
-    workers: int = Field(
-        1,
-        ge=1,
-        description="Batches run concurrently (threads calling engine.infer). 1 suits one CPU session or one "
-        "GPU stream; more only helps an engine that overlaps calls.",
-    )
-    budget_ms: float = Field(
-        50.0,
-        gt=0.0,
-        description="Latency budget for one batch, used only when max_batch or max_wait_ms comes from the profile.",
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +189,6 @@ class MicroBatcher:
         cfg = self.config
         max_batch, max_wait = cfg.max_batch, cfg.max_wait_ms
         if max_batch is None or max_wait is None:
-            from swapwatch.engine.profile import batcher_config_from_profile, profile_engine
-
             if self.profile is None:
                 self.profile = await asyncio.to_thread(profile_engine, self.engine, seconds=0.15)
             derived = batcher_config_from_profile(self.profile, budget_ms=cfg.budget_ms)

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the portable default, on CPU, CUDA or ORT's TensorRT execution provider.
 
 Providers are always explicit (never ORT's Azure provider, which the 1.31 CPU wheel lists first) and
-sessions never spin-wait (see swapwatch/stream/faces/onnx_session.py), so the detector and classifier
+sessions never spin-wait (see swapwatch/media/onnx_session.py), so the detector and classifier
 sessions share two cores well.
 
 Two ways to open one:
@@ -36,7 +36,7 @@ from swapwatch.engine.base import BackendUnavailable, Engine
 from swapwatch.engine.metadata import EngineMetadata, read_metadata
 from swapwatch.engine.plan_cache import BatchProfile, PlanCache, cuda_gpu
 from swapwatch.errors import ModelFileError
-from swapwatch.stream.faces.onnx_session import make_session, session_options
+from swapwatch.media.onnx_session import make_session, session_options
 
 log = logging.getLogger(__name__)
 

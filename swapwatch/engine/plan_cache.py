@@ -26,22 +26,22 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from swapwatch.config import StrictModel, format_validation_error
 from swapwatch.engine.base import BackendUnavailable
+from swapwatch.engine.cuda_probe import cuda_gpu
 from swapwatch.engine.metadata import EngineMetadata, file_sha256, read_metadata, write_metadata
+from swapwatch.engine.trt_build import build_plan, import_tensorrt
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -53,31 +53,6 @@ ENV_ROOT = "SWAPWATCH_PLAN_CACHE"
 
 class StalePlanError(ModelFileError):
     """A plan (or compiled program) was built for another GPU, TensorRT version, model or profile."""
-
-
-class BatchProfile(StrictModel):
-    """The optimization profile on the batch dimension; spatial dims are fixed to the model's input size.
-
-    TensorRT tunes kernels for `opt_batch` and accepts any batch in [min_batch, max_batch]; a larger
-    `max_batch` costs activation memory (reserved for the largest shape) and build time, not speed at `opt`.
-    """
-
-    min_batch: int = Field(1, ge=1, description="Smallest batch the plan accepts.")
-    opt_batch: int = Field(8, ge=1, description="Batch the kernels are tuned for (typical faces per batch).")
-    max_batch: int = Field(32, ge=1, description="Largest batch; the engine splits bigger batches.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BatchProfile:
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(
-                f"need min_batch <= opt_batch <= max_batch, got {self.min_batch}, {self.opt_batch}, {self.max_batch}"
-            )
-        return self
-
-    def shapes(self, input_size: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(min, opt, max) NCHW shapes for `profile.set_shape`."""
-        s = input_size
-        return (self.min_batch, 3, s, s), (self.opt_batch, 3, s, s), (self.max_batch, 3, s, s)
 
 
 class GpuTarget(StrictModel):
@@ -314,41 +289,7 @@ def finalize_plan(
 # ------------------------------------------------------------------------------------ the live machine
 
 
-def nvidia_smi_gpu(device: int = 0) -> tuple[str, str] | None:
-    """(name, compute capability) from nvidia-smi, or None: a torch-free probe for the monitor install."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader,nounits", "-i", str(device)],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    parts = [p.strip() for p in out.splitlines()[0].split(",")] if out else []
-    return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-def cuda_gpu(device: int = 0) -> tuple[str, str] | None:
-    """(name, 'major.minor') of CUDA device `device`, or None when there is no usable CUDA GPU.
-
-    Uses torch when it is installed (the [gpu] and [train] installs), else nvidia-smi, so the light
-    monitor install can still probe. Importing torch costs ~1 s, so callers probe only when they must.
-    """
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        if not torch.cuda.is_available() or device >= torch.cuda.device_count():
-            return None
-        major, minor = torch.cuda.get_device_capability(device)
-        return torch.cuda.get_device_name(device), f"{major}.{minor}"
-    return nvidia_smi_gpu(device)
-
-
 def tensorrt_version() -> str:
-    from swapwatch.engine.trt_build import import_tensorrt
-
     return str(import_tensorrt().__version__)
 
 
@@ -370,8 +311,6 @@ def _default_builder(
     onnx_path: Path, plan_path: Path, input_size: int, profile: BatchProfile,
     workspace_bytes: int | None, timing_cache: Path | None, device: int,
 ) -> None:
-    from swapwatch.engine.trt_build import build_plan
-
     build_plan(onnx_path, plan_path, input_size, profile, workspace_bytes=workspace_bytes,
                timing_cache=timing_cache, device=device)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from swapwatch.engine.batcher import BatcherConfig, SupportsInfer
+from swapwatch.engine.batcher_config import BatcherConfig, SupportsInfer
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from types import ModuleType
 from typing import Any
 
 from swapwatch.engine.base import BackendUnavailable
-from swapwatch.engine.plan_cache import BatchProfile, cuda_gpu
+from swapwatch.engine.cuda_probe import cuda_gpu
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ModelFileError
 
 log = logging.getLogger(__name__)

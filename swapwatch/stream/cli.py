@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from swapwatch import __version__
 from swapwatch.errors import ConfigError, SwapwatchError
@@ -37,7 +37,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` runs: its first token that is not an option (the top-level options take no
+    value), when that names a command."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The full command line; `only` limits which commands' modules are imported to register their
+    arguments (the others keep their name and help), None means all of them."""
     parser = argparse.ArgumentParser(
         prog="swapwatch",
         description="Real-time deepfake monitor for live video, and the toolkit that trains its detectors.",
@@ -48,13 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
-        # Registering arguments imports only the command module; heavy imports happen inside run().
-        importlib.import_module(module_name).add_arguments(p)
+        if only is None or name in only:
+            # Registering arguments imports only the command module; heavy imports happen inside run().
+            importlib.import_module(module_name).add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only the command that runs is imported: `swapwatch scan` must not load the training package
+    # through `train`'s or `eval`'s argument definitions.
+    command = command_in(argv)
+    parser = build_parser(only=() if command is None else (command,))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,

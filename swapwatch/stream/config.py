@@ -55,6 +55,11 @@ ENV_WEBHOOK_TOKEN = "SWAPWATCH_WEBHOOK_TOKEN"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+LIVE_DETECT_EVERY = 3
+"""Detector cadence of the live monitor (sooner when a face appears or is lost; the tracker carries faces
+between). Lower than a scan's `SCAN_DETECT_EVERY`: a live frame is scored as it arrives, with no later
+detection to interpolate towards, so the tracker extrapolates, and that drifts sooner."""
+
 
 class FacesConfig(StrictModel):
     """Face detection, tracking and alignment, per stream."""
@@ -63,7 +68,7 @@ class FacesConfig(StrictModel):
         default_factory=DetectorConfig, description="Which face detector runs (default: the embedded RetinaFace)."
     )
     detect_every: int = Field(
-        3,
+        LIVE_DETECT_EVERY,
         ge=1,
         le=300,
         description="Run the detector on every Nth frame and track in between (sooner when a face appears or is "

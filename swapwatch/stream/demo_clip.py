@@ -40,9 +40,9 @@ import cv2
 import numpy as np
 
 from swapwatch.errors import SwapwatchError
+from swapwatch.media.image import read_image
 from swapwatch.stream.faces.align import align_face, template_landmarks, transform_points
 from swapwatch.stream.faces.detector import FaceDetector
-from swapwatch.stream.faces.pipeline import read_image
 from swapwatch.stream.faces.types import Face
 
 SWAP_SIZE = 256

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swapwatch.stream.config import LIVE_DETECT_EVERY
 from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input
 from swapwatch.stream.faces.detector import FaceDetector, check_image
 from swapwatch.stream.faces.types import AlignedFace, Face
@@ -61,7 +62,7 @@ class FaceTracking:
         self,
         detector: FaceDetector,
         tracker_cfg: TrackerConfig | None = None,
-        detect_every: int = 3,
+        detect_every: int = LIVE_DETECT_EVERY,
         size: int = 224,
         margin: float = 0.15,
         crop_size: int = CANONICAL_SIZE,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 
 EXIT_PARTIAL = 3
 """Some inputs could not be read, others could (2 is taken: argparse and config errors)."""
@@ -51,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-every", type=int, default=None, metavar="N",
         help="run the face detector on every Nth scored frame and interpolate faces between two agreeing "
-        "detections (default 6; 1 detects on every frame: slower, the exact per-frame scores; docs/scan.md)",
+        f"detections (default {SCAN_DETECT_EVERY}; 1 detects on every frame: slower, the exact per-frame scores; "
+        "docs/scan.md)",
     )
     p.add_argument(
         "--batch", type=_batch, default=None, metavar="N|auto",

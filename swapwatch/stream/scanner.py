@@ -11,7 +11,7 @@ Every arrow is a bounded queue.
 Where the speed comes from (bench/scan_vs_sequential.py runs the scan side by side with a plain
 decode -> detect -> align -> score-one-face loop on a 720p clip; docs/scan.md has the numbers):
 - Less detection. The detector is ~70% of a plain loop's CPU per frame (~13-18 ms of ~22-25 ms per
-  720p frame on these cores), so the default runs it on every 6th frame (`detect_every`) and places
+  720p frame on these cores), so by default it runs on every 6th frame (`SCAN_DETECT_EVERY`) and places
   faces on the frames between by interpolating between the two detections around them, when those
   agree (same faces, no scene cut; see swapwatch/stream/scan/interpolate.py); where they do not, the
   frames between are detected. This is where most of the gain comes from, and it holds up when other
@@ -62,8 +62,10 @@ from pydantic import Field
 
 from swapwatch.config import StrictModel, parse_config
 from swapwatch.engine.onnx_runtime import OnnxEngine
+from swapwatch.media.files import IMAGE_EXTS, VIDEO_EXTS, media_files
 from swapwatch.stream.faces import DetectorConfig, load_detector
 from swapwatch.stream.faces.detector import FaceDetector
+from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 from swapwatch.stream.scan.decode import Decoder
 from swapwatch.stream.scan.faces_stage import FaceStage
 from swapwatch.stream.scan.items import (
@@ -77,17 +79,12 @@ from swapwatch.stream.scan.items import (
 from swapwatch.stream.scan.progress import ScanProgress
 from swapwatch.stream.scan.queues import StageQueue, Stopped
 from swapwatch.stream.scan.results import FileResult
-from swapwatch.train.data.media import IMAGE_EXTS, VIDEO_EXTS, media_files
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 4
 """Crops per inference call. On these CPUs the default model's CPU cost per face is flat from batch 1
 to 4 and grows beyond (2.29-2.37 ms at 1-4, 2.48 at 8, 2.59 at 16); 4 amortises the per-call overhead."""
-
-DEFAULT_DETECT_EVERY = 6
-"""Detector cadence: 6 keeps per-frame score drift under the model's own frame-to-frame jitter on the
-benchmark clip while cutting detections ~5x (docs/scan.md has the table for N = 1, 4, 5, 6, 8)."""
 
 MAX_PENDING = 256  # frames waiting for a batch to fill before it is scored anyway (faceless stretches)
 
@@ -99,7 +96,7 @@ class ScanSettings(StrictModel):
     max_frames: int | None = Field(None, ge=1, description="Stop after this many scored frames per video.")
     crops: bool = Field(False, description="Treat images as already aligned face crops (no detection).")
     detect_every: int = Field(
-        DEFAULT_DETECT_EVERY, ge=1, le=100,
+        SCAN_DETECT_EVERY, ge=1, le=100,
         description="Run the face detector on every Nth scored frame and track faces in between "
         "(1: detect on every frame, the scores a plain loop gives).",
     )

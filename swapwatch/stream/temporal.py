@@ -34,8 +34,9 @@ smoother turns that noisy per-frame series into a state a person can act on:
    would make the dwell time shrink with the frame rate, and timing alone would let one frame followed by
    a long pause hold a state up "for a second".
 
-3. **Gaps.** A track not updated for `max_gap_s` seconds is over: `TrackBook.expire` ends it, and an
-   update that arrives after such a gap starts the track afresh (clear, empty window).
+3. **Gaps.** A track not updated for `max_gap_s` seconds is over: `TrackBook.expire` ends it, unless
+   the face tracker still follows it (its scores were dropped or failed; losing a face is the tracker's
+   call), and an update that arrives after such a gap starts the track afresh (clear, empty window).
 
 Thresholds apply to the RAW model score (see `swapwatch.calib.score`): `SmoothingConfig.from_calibration`
 takes them from the model sidecar's `score_calibration.thresholds`.
@@ -47,6 +48,7 @@ import logging
 import math
 import re
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -488,7 +490,7 @@ class StreamVerdict:
     @classmethod
     def of(cls, stream: str, t: float, states: list[TrackState]) -> StreamVerdict:
         live = [s for s in states if not s.ended]
-        counts = {name: 0 for name in STATES}
+        counts: dict[str, int] = {name: 0 for name in STATES}
         for s in live:
             counts[s.state] += 1
         if not live:
@@ -507,9 +509,10 @@ class StreamVerdict:
 
 
 class TrackBook:
-    """All track smoothers of one stream: update by track id, expire unseen tracks, summarise.
+    """All track smoothers of one stream: update by track id, end and expire tracks, summarise.
 
-    Memory is bounded by the number of live tracks: a track unseen for `max_gap_s` is dropped by `expire`.
+    The one implementation of per-track bookkeeping: the monitor's `StreamWorker` runs one per stream.
+    Memory is bounded by the number of live tracks: an ended or expired track is forgotten.
     """
 
     def __init__(self, stream: str, config: SmoothingConfig) -> None:
@@ -521,37 +524,59 @@ class TrackBook:
     def __len__(self) -> int:
         return len(self._tracks)
 
+    def __contains__(self, track: object) -> bool:
+        return track in self._tracks
+
     def update(self, track: int, t: float, raw_score: float) -> TrackState:
-        """Score of `track` at stream time `t`; creates the track on first sight."""
+        """Score of `track` at stream time `t`; creates the track on first sight.
+
+        A refused score (not finite) raises ValueError and leaves the book as it was.
+        """
         smoother = self._tracks.get(track)
         if smoother is None:
-            smoother = self._tracks[track] = TrackSmoother(self.config, track)
+            smoother = TrackSmoother(self.config, track)
         state = smoother.update(t, raw_score)
+        self._tracks[track] = smoother
         self._latest[track] = state
         return state
 
-    def expire(self, t: float) -> list[TrackState]:
-        """End and forget the tracks not updated for more than `max_gap_s` at stream time `t`."""
+    def state(self, track: int) -> TrackState | None:
+        """The latest state of `track` (None when it is not live)."""
+        return self._latest.get(track)
+
+    def end(self, track: int, t: float, reason: str) -> TrackState | None:
+        """End and forget `track` (e.g. the face tracker lost it); None when it is not live."""
+        smoother = self._tracks.pop(track, None)
+        self._latest.pop(track, None)
+        return smoother.end(t, reason) if smoother is not None else None
+
+    def expire(self, t: float, seen: Collection[int] = ()) -> list[TrackState]:
+        """End and forget the tracks not updated for more than `max_gap_s` at stream time `t`.
+
+        Tracks in `seen` (faces the tracker still follows on this frame, whose scores were dropped or
+        failed) are kept: losing a face is the tracker's call. Should such a track's next score come
+        after more than `max_gap_s`, `update` restarts it (`ended` set, state clear).
+        """
+        gap = self.config.max_gap_s
         ended = []
         for track, smoother in list(self._tracks.items()):
             last = smoother.last_t
-            if last is not None and t - last > self.config.max_gap_s:
-                ended.append(
-                    smoother.end(t, f"track unseen for {t - last:.2f} s (> max_gap_s {self.config.max_gap_s:g})")
-                )
-                del self._tracks[track]
-                self._latest.pop(track, None)
+            if track in seen or last is None or t - last <= gap:
+                continue
+            del self._tracks[track]
+            self._latest.pop(track, None)
+            ended.append(smoother.end(t, f"track unseen for {t - last:.2f} s (> max_gap_s {gap:g})"))
         return ended
 
     def end_all(self, t: float, reason: str) -> list[TrackState]:
-        """End every track (the stream ended or failed)."""
+        """End every track, in the order they were first seen (the stream ended or failed)."""
         ended = [s.end(t, reason) for s in self._tracks.values()]
         self._tracks.clear()
         self._latest.clear()
         return ended
 
     def states(self) -> list[TrackState]:
-        """The latest state of every live track."""
+        """The latest state of every live track, in the order they were first seen."""
         return list(self._latest.values())
 
     def verdict(self, t: float) -> StreamVerdict:

@@ -46,6 +46,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
 from swapwatch.errors import MediaError, SwapwatchError
+from swapwatch.media.video import open_video
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,11 @@ class FileTrack(VideoStreamTrack):
         self.error: MediaError | None = None
         if size is not None and (size[0] <= 0 or size[1] <= 0 or size[0] % 2 or size[1] % 2):
             raise ValueError(f"size: width and height must be positive and even (yuv420p), got {size[0]}x{size[1]}")
-        if not self.path.is_file():
-            raise MediaError(self.path, "file not found")
-        try:
-            with av.open(str(self.path)) as container:
-                if not container.streams.video:
-                    raise MediaError(self.path, "no video stream in it")
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.guessed_rate
-                self.fps: float = float(rate) if rate else 30.0
-                self.source_size: tuple[int, int] = (stream.codec_context.width, stream.codec_context.height)
-        except av.FFmpegError as err:
-            raise MediaError(self.path, f"not a readable video ({getattr(err, 'strerror', None) or err})") from None
+        with open_video(self.path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            self.fps: float = float(rate) if rate else 30.0
+            self.source_size: tuple[int, int] = (stream.codec_context.width, stream.codec_context.height)
         self.size: tuple[int, int] = size or self.source_size
         self._slots = threading.Semaphore(frames_ahead)
         self._halt = threading.Event()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="checkpoint (.pt) or exported model (.onnx)")
@@ -34,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--genuine-method", metavar="NAME",
         help="method of the fakes in a folder without labels.tsv (default: DeepFaceLab for dfl_* files, else unknown)",
     )
-    gen.add_argument("--detect-every", type=int, metavar="N",
-                     help="scan: detect faces on every Nth frame, interpolate between (default 6, as scan)")
+    gen.add_argument(
+        "--detect-every", type=int, metavar="N",
+        help=f"scan: detect faces on every Nth frame, interpolate between (default {SCAN_DETECT_EVERY}, as scan)",
+    )
     gen.add_argument("--every", type=int, default=1, metavar="N", help="scan: score every Nth video frame (default 1)")
     gen.add_argument("--max-frames", type=int, metavar="N", help="scan: at most N scored frames per video")
     gen.add_argument("--threads", type=int, default=1,

@@ -133,7 +133,7 @@ def derive_labels(root: Path, method: str | None = None) -> list[GenuineItem]:
     A prefix present with both suffixes (in the same sub-folder) is a pair group; fakes get `method`,
     or `default_method(prefix)`; reals get `real`.
     """
-    from swapwatch.train.data.media import media_files
+    from swapwatch.media.files import media_files
 
     found: list[tuple[str, str, int]] = []  # (relative name, group key, label)
     for path in media_files(root):

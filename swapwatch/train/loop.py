@@ -23,11 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from swapwatch.errors import SwapwatchError
+from swapwatch.media.image import read_image
 from swapwatch.train.config import CacheSettings, SamplesSource, TrainConfig
 from swapwatch.train.data import read_dataset
 from swapwatch.train.data.cache import CropRecord, build_face_cache, load_face_cache
 from swapwatch.train.data.items import MediaItem
-from swapwatch.train.data.media import read_image
 from swapwatch.train.dataset import TrainFaces, TrainPairs, ValFaces, source_weights, split_by_video
 from swapwatch.train.metrics import compute_metrics
 from swapwatch.train.models import build_model, parse_model_config

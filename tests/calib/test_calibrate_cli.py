@@ -11,14 +11,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from swapwatch.calib import calibrate_command
+from swapwatch.calib.crops import load_crops
 from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ConfigError, SwapwatchError
 from swapwatch.samples import sample_face_images
-from swapwatch.stream.faces.pipeline import read_image
+from swapwatch.media.image import read_image
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -94,10 +96,19 @@ def test_calibrate_end_to_end_with_pseudo_fakes_int8_and_scores(
 
     q = report["int8"]
     assert q["runnable"] and q["path"] == str(out / "model.int8.onnx")
-    assert 0.0 <= q["auc"] <= 1.0 and q["auc_fp32"] == report["fp32"]["auc"]
+    # AUC and drift are those of each model's own scores on the crops (the same crops, by the same loader),
+    # computed here by sklearn and numpy
+    crops = load_crops(data, meta.input_size, meta.alignment.margin, aligned=mode == "crops", max_crops=512,
+                       pseudo_fakes=True, crop_size=meta.alignment.size)
+    assert len(crops.labels) == d["n_crops"]
+    fp32_scores, int8_scores = (OnnxEngine(path).score_crops(crops.crops) for path in (model, out / "model.int8.onnx"))
+    assert q["auc"] == pytest.approx(roc_auc_score(crops.labels, int8_scores), abs=1e-6)
+    assert q["auc_fp32"] == report["fp32"]["auc"] == pytest.approx(roc_auc_score(crops.labels, fp32_scores), abs=1e-6)
+    drift = np.abs(int8_scores.astype(np.float64) - fp32_scores)
+    assert (q["mean_abs_drift"], q["max_abs_drift"]) == pytest.approx((drift.mean(), drift.max()), abs=1e-6)
     # the smoke model is a random-init ViT after 6 steps, so its INT8 drift only bounds gross breakage;
     # the shipped model's drift is measured by `swapwatch calibrate` and reported in its model card
-    assert 0.0 <= q["mean_abs_drift"] <= q["max_abs_drift"] <= 0.08
+    assert 0.0 < q["mean_abs_drift"] <= q["max_abs_drift"] <= 0.08
     assert set(q["throughput"]) == set(q["speedup"]) == {"batch_8", "batch_1"}
     assert all(v > 0 for v in q["throughput"].values())
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import skimage.data
 
+from swapwatch.media.image import read_image
 from swapwatch.stream.faces import (
     ALIGNMENT,
     EmbeddedRetinaFace,
     align_face,
     alignment_spec,
-    read_image,
     similarity_matrix,
     template_landmarks,
 )

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from swapwatch.media.image import read_image
 from swapwatch.stream.face_tracking import FaceTracking, TrackedFace
-from swapwatch.stream.faces import DetectorConfig, Face, FaceDetector, load_detector, read_image
+from swapwatch.stream.faces import DetectorConfig, Face, FaceDetector, load_detector
 from swapwatch.stream.tracker import TrackerConfig, iou_matrix
 
 T1 = Path(__import__("insightface").__file__).parent / "data" / "images" / "t1.jpg"

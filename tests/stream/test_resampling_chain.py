@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from swapwatch.media.image import read_image
 from swapwatch.stream.face_tracking import FaceTracking
 from swapwatch.stream.faces import (
     CANONICAL_SIZE,
@@ -25,7 +26,6 @@ from swapwatch.stream.faces import (
     align_face,
     face_input,
     load_detector,
-    read_image,
     template_landmarks,
     to_input,
 )

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 
 from swapwatch.errors import ConfigError
+from swapwatch.media.image import read_image
+from swapwatch.media.video import read_frames
 from swapwatch.samples import sample_face_images
 from swapwatch.stream.cli import main
 from swapwatch.stream.faces.chain import face_input
-from swapwatch.stream.faces.pipeline import read_image
+from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 from swapwatch.stream.scan.progress import ScanProgress, progress_enabled
-from swapwatch.stream.scanner import DEFAULT_DETECT_EVERY, Scanner
-from swapwatch.train.data.media import read_frames
+from swapwatch.stream.scanner import Scanner
 from tests.stream.conftest import ClipFactory
 
 
@@ -88,7 +89,7 @@ def test_results_come_in_input_order_and_bad_files_do_not_stop_the_scan(
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     by_name = dict(zip(["group", "missing", "clip", "empty", "corrupt", "astro", "text", "trunc", "clip2"], rows))
     for name, reason in [
-        ("missing", "no such file"),
+        ("missing", "file not found"),
         ("empty", "the file is empty"),
         ("corrupt", "not a readable image"),
         ("text", "not a readable video"),
@@ -212,7 +213,7 @@ def test_stopping_early_stops_the_stage_threads(scanner: Scanner, make_clip: Cli
     before = {t.name for t in threading.enumerate()}
     results = with_settings(scanner, detect_every=4).scan_paths([Path("missing.png"), long_clip, long_clip])
     first = next(results)
-    assert first["error"] == "no such file"
+    assert first["error"] == "file not found"
     results.close()
     left = [t for t in threading.enumerate() if t.name.startswith("scan-") and t.name not in before]
     assert not left
@@ -263,7 +264,7 @@ def test_cli_writes_results_and_stats_and_no_progress_when_not_a_terminal(
     out, stats = tmp_path / "r.jsonl", tmp_path / "stats.json"
     assert main(["scan", str(clip_360p), "--max-frames", "8", "--out", str(out), "--stats", str(stats)]) == 0
     (row,) = map(json.loads, out.read_text().splitlines())
-    assert row["frames"] == 8 and row["detect_every"] == DEFAULT_DETECT_EVERY
+    assert row["frames"] == 8 and row["detect_every"] == SCAN_DETECT_EVERY
     assert json.loads(stats.read_text())["frames"] == 8
     err = capsys.readouterr().err
     assert "fps" not in err and "━" not in err

@@ -8,6 +8,8 @@ how long anything took.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -35,9 +37,9 @@ from swapwatch.stream.sinks.annotate import STATE_COLORS_BGR, AnnotateConfig, An
 from swapwatch.stream.sinks.console import ConsoleConfig, ConsoleSink
 from swapwatch.stream.sinks.evidence import BufferedFrame, EvidenceConfig, EvidenceSink, FrameRing
 from swapwatch.stream.sinks.jsonl import JsonlConfig, JsonlSink
-from swapwatch.stream.sinks.metrics import STAGES, Metrics, MetricsConfig, MetricsSink, metric_names
+from swapwatch.stream.sinks.metrics import FRAME_DROP_REASONS, STAGES, Metrics, MetricsConfig, MetricsSink, metric_names
 from swapwatch.stream.sinks.outbox import Outbox
-from swapwatch.stream.sinks.webhook import WebhookConfig, WebhookSink, backoff_delay, default_outbox_path, sign_body
+from swapwatch.stream.sinks.webhook import WebhookConfig, WebhookSink, backoff_delay, default_outbox_path
 from swapwatch.stream.temporal import SmoothingConfig, StreamVerdict, TrackState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -337,7 +339,8 @@ def test_webhook_retries_then_succeeds(monkeypatch: pytest.MonkeyPatch, tmp_path
         assert Event.from_json(body) == event
         assert headers["X-Swapwatch-Event-Id"] == headers["Idempotency-Key"] == event.id
         assert headers["Authorization"] == "Bearer tok123"
-        assert headers["X-Swapwatch-Signature"] == sign_body("s3cret", body)
+        # what a receiver computes (docs/alerts.md): "sha256=" + hex HMAC-SHA256 of the raw body, keyed by the secret
+        assert headers["X-Swapwatch-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
 
 
 def test_webhook_hanging_receiver_never_blocks_publish(tmp_path: Path) -> None:
@@ -459,6 +462,25 @@ def test_metrics_from_events_and_stages() -> None:
     assert v("swapwatch_sink_dropped_total", {"sink": "webhook:x", "kind": "event", "reason": "expired"}) == 3
     with pytest.raises(ValueError, match="unknown stage"):
         m.observe_stage("decoding", 0.1)
+
+
+def test_forgetting_a_stream_removes_every_series_of_it_and_only_those() -> None:
+    m = Metrics()
+    sink = MetricsSink(m)
+    for name in ("gone", "kept"):
+        for e in [stream_event(name, "live"), state_event(name, ts(1, "alert", "clear")),
+                  summary_event(StreamVerdict(name, 1.0, "alert", 0.9, 1, {"alert": 1}), fps=10.0)]:
+            sink.apply(e)
+        m.frame(name)
+        m.observe_latency(name, 0.05)
+        for reason in FRAME_DROP_REASONS:
+            m.dropped(name, reason, 0)
+    m.forget_stream("gone")
+    m.forget_stream("never-seen")  # no error for a stream without series
+    text = m.render()[0].decode()
+    assert 'stream="gone"' not in text
+    kept = [line for line in text.splitlines() if 'stream="kept"' in line]
+    assert len(kept) >= 20 and m.value("swapwatch_alerts_total", {"stream": "kept"}) == 1
 
 
 @pytest.mark.parametrize(("state", "level"), [("clear", 0), ("suspicious", 1), ("alert", 2)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -28,31 +29,50 @@ def _settings(clip: Path, out: Path, via: str, **extra: object) -> StreamBenchSe
                                clip_seconds=2.0, out=out, **extra)  # type: ignore[arg-type]
 
 
-def _check_report(out: Path, via: str, stamped: bool) -> dict:
+def _check_report(out: Path, via: str, stamped: bool, wall_s: float) -> dict:
+    """The run's numbers must agree with each other, with frames.jsonl and with `wall_s`, the run's duration
+    timed here. Nothing bounds a speed: load slows a run down, it must not fail it (the speeds are what
+    `swapwatch bench` itself reports: fps against the source, the decode ceiling, realtime or not)."""
     report = json.loads((out / "bench.json").read_text())
     assert report["mode"] == "stream" and report["via"] == via
     (run,) = report["runs"]
-    lat, frames, stages = run["latency_ms"], run["frames"], run["stages_ms"]
-    # Every check is listed, and a failure shows the whole run: on a shared CI machine the numbers
-    # themselves say whether it was the code or the load.
+    lat, frames, stages, fps = run["latency_ms"], run["frames"], run["stages_ms"], run["fps"]
+    rows = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    glass = [r["glass"] for r in rows]
+    # Every check is listed, and a failure shows the whole run.
     checks = {
-        # Generous bounds: the machine is shared; a latency of 0 or of seconds would mean a broken clock join.
-        "latency ordered and bounded": 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 5000,
-        "frames scored": frames["scored"] > 20,
+        # A broken clock join gives negative latencies or ones of days: no frame can wait longer than the run.
+        "latency ordered and within the run": 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 1e3 * wall_s,
+        "frames scored": frames["scored"] > 1,
         "expected >= scored": frames["expected"] >= frames["scored"],
         "dropped = expected - scored": frames["dropped"] == frames["expected"] - frames["scored"],
         "faces on most frames": frames["with_faces"] > 0.8 * frames["scored"],  # the clip always shows a face
-        "one latency per scored frame": lat["n"] == frames["scored"],
-        "fps plausible": 5 < run["fps"]["per_stream_mean"] <= 31,
-        "decode ceiling above real time": run["decode_ceiling"]["fps_per_decoder"] > 30,
+        "one latency per scored frame": lat["n"] == frames["scored"] == len(rows),
+        # fps: scored frames per second of glass time, recomputed from the frames' own glass times
+        "fps is the frames' glass-time rate": math.isclose(
+            fps["per_stream_mean"], (len(rows) - 1) / (glass[-1] - glass[0]), abs_tol=0.01),
+        "fps not above the source's": 0 < fps["per_stream_mean"] <= 1.05 * fps["source"],
+        "decode ceiling measured": run["decode_ceiling"]["decoders"] == 1 and run["decode_ceiling"]["seconds"] >= 0.5
+        and run["decode_ceiling"]["fps_total"] > 0,
         "every stage reported": set(STAGE_ORDER) <= set(stages),
     }
     if set(STAGE_ORDER) <= set(stages):
-        stage_sum = sum(stages[s]["mean"] for s in STAGE_ORDER)
-        checks["parts add up to the total"] = math.isclose(stage_sum, lat["mean"], rel_tol=0.02, abs_tol=0.5)
-        # Stamped: encode + network are never free. A paced file's glass time is its due time, when the
-        # reader hands it over: late only when the reader is starved.
-        checks["receive plausible"] = stages["receive"]["p50"] > 1 if stamped else stages["receive"]["p50"] < 5
+        timed = ["queue", "detect", "batch_wait", "infer", "smooth"] + (["decode"] if via != "webrtc" else [])
+        checks["each stage the monitor runs is timed"] = all(stages[s]["mean"] > 0 for s in timed)
+        # WebRTC frames carry no decode time (aiortc decodes inside the track): none is made up
+        checks["decode only where measured"] = via != "webrtc" or stages["decode"]["mean"] == 0
+        # `other` is the remainder (hops no stage covers): most of the latency must be in named stages
+        checks["named stages account for most of the latency"] = stages["other"]["mean"] < 0.5 * lat["mean"]
+        # and no part is counted twice: per frame, the named parts never exceed the glass-to-score time
+        checks["no part counted twice"] = all(
+            sum(v for k, v in r["stages_ms"].items() if k != "other") <= r["glass_to_score_ms"] + 0.01 for r in rows)
+        if stamped:
+            # encode + network are never free
+            checks["receive measured"] = stages["receive"]["p50"] > 1
+        else:
+            # a paced file's glass time is its frame's place on the schedule: whole frame intervals apart
+            checks["glass times on the file's schedule"] = all(
+                abs(t * fps["source"] - round(t * fps["source"])) < 0.01 for t in (g - glass[0] for g in glass))
     if via == "webrtc":
         # A lost RTP packet on a busy loopback leaves the VP8 decoder showing blocks of an older frame: the
         # stamp's CRC rejects such pictures (never a wrong time), and they are counted, not timed.
@@ -61,9 +81,7 @@ def _check_report(out: Path, via: str, stamped: bool) -> dict:
         checks["no unreadable stamps"] = frames["unreadable_stamps"] == 0
     failed = [name for name, ok in checks.items() if not ok]
     assert not failed, f"{failed}: {json.dumps({k: v for k, v in run.items() if k != 'monitor'}, indent=1)}"
-    lines = (out / "frames.jsonl").read_text().splitlines()
-    assert len(lines) == frames["scored"]
-    assert {json.loads(lines[0])["stream"]} <= set(run["per_stream"])
+    assert {rows[0]["stream"]} <= set(run["per_stream"])
     for name in PLOTS:
         assert (out / name).stat().st_size > 10_000, name
     return report
@@ -74,18 +92,20 @@ def test_short_run_over_rtsp(make_clip: ClipFactory, tmp_path: Path) -> None:
     if problem is not None:
         pytest.skip(f"GStreamer RTSP server unavailable: {problem}")
     clip = make_clip("bench_360p.mp4", seconds=2.0)
+    started = time.monotonic()
     run_stream_bench(_settings(clip, tmp_path / "out", "rtsp"))
-    report = _check_report(tmp_path / "out", "rtsp", stamped=True)
+    report = _check_report(tmp_path / "out", "rtsp", stamped=True, wall_s=time.monotonic() - started)
     assert report["runs"][0]["cpu"]["sender_cores"] is not None
 
 
 def test_short_run_from_a_paced_file_via_the_cli(make_clip: ClipFactory, tmp_path: Path) -> None:
     clip = make_clip("bench_360p.mp4", seconds=2.0)
     out = tmp_path / "out"
+    started = time.monotonic()
     code = main(["bench", str(clip), "--via", "file", "--duration", "3", "--warmup", "1", "--ceiling-seconds", "0.5",
                  "--clip-seconds", "2", "--out", str(out)])
     assert code == 0
-    _check_report(out, "file", stamped=False)
+    _check_report(out, "file", stamped=False, wall_s=time.monotonic() - started)
 
 
 def test_short_run_over_webrtc(make_clip: ClipFactory, tmp_path: Path) -> None:
@@ -94,8 +114,9 @@ def test_short_run_over_webrtc(make_clip: ClipFactory, tmp_path: Path) -> None:
     if not [a for a in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) if not a.startswith("127.")]:
         pytest.skip("no non-loopback IPv4 address: aioice offers no 127.0.0.1 candidate")
     clip = make_clip("bench_360p.mp4", seconds=2.0)
+    started = time.monotonic()
     run_stream_bench(_settings(clip, tmp_path / "out", "webrtc"))
-    _check_report(tmp_path / "out", "webrtc", stamped=True)
+    _check_report(tmp_path / "out", "webrtc", stamped=True, wall_s=time.monotonic() - started)
 
 
 @pytest.mark.parametrize(
@@ -236,12 +257,41 @@ def test_max_realtime_is_the_last_count_before_the_first_failure(verdicts: dict[
     assert max_realtime([{"streams": n, "realtime": ok} for n, ok in verdicts.items()]) == best
 
 
-def test_the_breakdown_adds_up_to_glass_to_score() -> None:
-    record = _rec(0, 100.0, latency_ms=60.0)
+@pytest.mark.parametrize(
+    ("received_ms", "score_ms", "stages", "expected"),
+    [
+        # received 20 ms after glass, 4 of them decoding; 60 ms in all, 36 of them in named stages
+        (20.0, 60.0, {"decode": 4.0, "queue": 1.0, "detect": 10.0, "infer": 5.0},
+         {"receive": 16.0, "decode": 4.0, "queue": 1.0, "detect": 10.0, "batch_wait": 0.0, "infer": 5.0, "smooth": 0.0,
+          "other": 24.0}),
+        # every monitor stage timed: `other` is only what none covers
+        (10.0, 50.0, {"decode": 2.0, "queue": 3.0, "detect": 12.0, "batch_wait": 4.0, "infer": 15.0, "smooth": 1.0},
+         {"receive": 8.0, "decode": 2.0, "queue": 3.0, "detect": 12.0, "batch_wait": 4.0, "infer": 15.0, "smooth": 1.0,
+          "other": 5.0}),
+        # a paced file decodes ahead of its due time: received at glass, so none of the decoding is latency
+        (0.0, 30.0, {"decode": 6.0, "queue": 2.0, "detect": 8.0, "infer": 5.0},
+         {"receive": 0.0, "decode": 0.0, "queue": 2.0, "detect": 8.0, "batch_wait": 0.0, "infer": 5.0, "smooth": 0.0,
+          "other": 15.0}),
+        # decoding that started before the glass time counts only from it
+        (3.0, 30.0, {"decode": 6.0, "queue": 2.0, "detect": 8.0, "infer": 5.0},
+         {"receive": 0.0, "decode": 3.0, "queue": 2.0, "detect": 8.0, "batch_wait": 0.0, "infer": 5.0, "smooth": 0.0,
+          "other": 12.0}),
+        # stage times that overshoot the total (timer granularity) leave no negative remainder
+        (0.0, 10.0, {"queue": 4.0, "detect": 5.0, "infer": 3.0},
+         {"receive": 0.0, "decode": 0.0, "queue": 4.0, "detect": 5.0, "batch_wait": 0.0, "infer": 3.0, "smooth": 0.0,
+          "other": 0.0}),
+    ],
+)
+def test_the_breakdown_splits_glass_to_score_into_its_parts(received_ms: float, score_ms: float,
+                                                            stages: dict[str, float], expected: dict[str, float]) -> None:
+    glass = 100.0
+    record = FrameRecord(stream="a", seq=0, glass=glass, received=glass + received_ms / 1e3,
+                         score_ready=glass + score_ms / 1e3, done=glass + score_ms / 1e3 + 0.001, stages=stages,
+                         faces=1, scored_faces=1, alert_started=False)
     parts = record.breakdown()
     assert list(parts) == list(STAGE_ORDER)
-    assert math.isclose(sum(parts.values()), record.glass_to_score_ms, abs_tol=1e-6)
-    assert math.isclose(parts["receive"], 20.0 - 4.0, abs_tol=1e-6)  # received 20 ms after glass, 4 of them decoding
+    assert parts == pytest.approx(expected, abs=1e-6)
+    assert record.glass_to_score_ms == pytest.approx(score_ms, abs=1e-6)
 
 
 def test_alerts_get_glass_to_alert() -> None:

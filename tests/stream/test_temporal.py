@@ -24,7 +24,7 @@ from swapwatch.stream.temporal import (
 CFG = SmoothingConfig()  # suspicious 0.5/0.38, alert 0.8/0.71, dwell 0.3/1.0/2.0 s, 3 updates, gap 2 s
 
 
-def frames(segments: list[tuple[float, float]], fps: float = 30.0, start: float = 0.0) -> list[tuple[float, float]]:
+def frames(segments: list[tuple[float, float | None]], fps: float = 30.0, start: float = 0.0) -> list[tuple[float, float]]:
     """(duration_s, score) segments -> (t, score) samples at `fps`; a score of None leaves a gap."""
     out = []
     t = start
@@ -247,3 +247,80 @@ def test_trackbook_verdict_and_expiry() -> None:
 def test_empty_verdict() -> None:
     v = StreamVerdict.of("cam", 1.0, [])
     assert (v.state, v.max_score, v.tracks) == ("clear", None, 0)
+
+
+def scored_once(last_scores: dict[int, float]) -> TrackBook:
+    """A book whose tracks (in this order) were each scored once, at the given stream time."""
+    book = TrackBook("cam", CFG)
+    for track, t in last_scores.items():
+        book.update(track, t, 0.05)
+    return book
+
+
+EXPIRY_CASES = [
+    # name, last score time per track, tracks the face tracker follows, now, tracks that end (in order)
+    ("recent track stays", {1: 3.0}, set(), 4.0, []),
+    ("exactly max_gap_s old stays", {1: 2.0}, set(), 4.0, []),
+    ("stale track ends", {1: 1.0}, set(), 4.0, [1]),
+    ("stale but followed by the tracker stays", {1: 1.0}, {1}, 4.0, []),
+    ("stale unfollowed tracks end, first seen first", {3: 0.5, 1: 1.0, 2: 3.5, 4: 0.0}, {4}, 4.0, [3, 1]),
+]
+
+
+@pytest.mark.parametrize(("name", "last_scores", "seen", "now", "expected"), EXPIRY_CASES,
+                         ids=[c[0] for c in EXPIRY_CASES])
+def test_expire(name: str, last_scores: dict[int, float], seen: set[int], now: float, expected: list[int]) -> None:
+    book = scored_once(last_scores)
+    ended = book.expire(now, seen)
+    assert [e.track for e in ended] == expected
+    for e in ended:
+        assert (e.state, e.ended, e.t, e.window) == ("clear", True, now, 0)
+        assert e.reason == f"track unseen for {now - last_scores[e.track]:.2f} s (> max_gap_s 2)"
+    assert [s.track for s in book.states()] == [t for t in last_scores if t not in expected]
+
+
+def test_a_followed_track_past_the_gap_keeps_its_state_until_its_next_score() -> None:
+    book = TrackBook("cam", CFG)
+    for t, score in frames([(4.0, 0.95)]):
+        book.update(1, t, score)
+    assert book.expire(7.0, seen={1}) == [] and book.verdict(7.0).state == "alert"
+    restart = book.update(1, 7.0, 0.05)
+    assert (restart.ended, restart.changed, restart.previous, restart.state) == (True, True, "alert", "clear")
+    assert restart.reason is not None and restart.reason.endswith("restarted") and len(book) == 1
+
+
+END_CASES = [
+    # name, score of track 1 over 4 s (None: never scored), (previous, changed) of its end record (None: no record)
+    ("clear track", 0.05, ("clear", False)),
+    ("alerting track", 0.95, ("alert", True)),
+    ("unknown track", None, None),
+]
+
+
+@pytest.mark.parametrize(("name", "score", "expected"), END_CASES, ids=[c[0] for c in END_CASES])
+def test_end(name: str, score: float | None, expected: tuple[str, bool] | None) -> None:
+    book = TrackBook("cam", CFG)
+    if score is not None:
+        for t, s in frames([(4.0, score)]):
+            book.update(1, t, s)
+    last = book.state(1)
+    ended = book.end(1, 5.0, "face lost by the tracker")
+    assert (None if ended is None else (ended.previous, ended.changed)) == expected
+    if ended is not None:
+        assert last is not None and ended.score == last.score
+        assert (ended.state, ended.ended, ended.t, ended.reason) == ("clear", True, 5.0, "face lost by the tracker")
+    assert 1 not in book and book.state(1) is None and book.verdict(5.0).tracks == 0
+
+
+def test_end_all_in_first_seen_order() -> None:
+    book = scored_once({2: 1.0, 1: 1.5, 3: 2.0})
+    ended = book.end_all(3.0, "stream ended")
+    assert [(e.track, e.reason) for e in ended] == [(2, "stream ended"), (1, "stream ended"), (3, "stream ended")]
+    assert len(book) == 0 and book.states() == []
+
+
+def test_a_refused_first_score_leaves_no_track() -> None:
+    book = TrackBook("cam", CFG)
+    with pytest.raises(ValueError, match="finite"):
+        book.update(1, 0.0, math.nan)
+    assert 1 not in book and book.end_all(1.0, "stream ended") == []

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from swapwatch.train.config import DataSettings
+from swapwatch.train.data import DatasetConfig, read_dataset
 from swapwatch.train.data.cache import CropRecord
-from swapwatch.train.data.config import DatasetConfig, read_dataset
 from swapwatch.train.dataset import TrainPairs, source_weights
 from swapwatch.train.pseudofakes import PseudoFakeConfig, PseudoFakeGenerator
 from swapwatch.train.pseudofakes.cleaner import CleanFaceConfig, add_grain, clean_face, restore, whole_synth

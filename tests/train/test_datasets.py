@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from swapwatch.errors import DatasetLayoutError
 from swapwatch.train.data import DatasetConfig, MediaItem, read_dataset
-from swapwatch.train.data.config import READERS
 from swapwatch.train.data.items import hash_unit, train_or_val
+from swapwatch.train.data.readers import READERS
 from tests.train.conftest import CELEBDF_FILES, FOLDER_FILES
 
 

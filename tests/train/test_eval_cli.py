@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
+from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.samples import sample_face_images
 from swapwatch.stream.cli import main
+from swapwatch.stream.faces.chain import to_input
+from swapwatch.train.data.cache import load_face_cache, read_crop
+from swapwatch.train.dataset import fixed_pseudo_fake
 from swapwatch.train.degrade import ROBUSTNESS_LEVELS
+from swapwatch.train.pseudofakes import PseudoFakeConfig, PseudoFakeGenerator
+
+
+def expected_metrics(onnx: Path, cache: Path, seed: int = 0) -> dict[str, float]:
+    """AUC, AP and video AUC by sklearn, on scores taken straight from the engine: every crop the command
+    cached is a real (label 0) followed by its fixed pseudo-fake (label 1, `--seed`), as `eval` documents."""
+    engine = OnnxEngine(onnx)
+    generator = PseudoFakeGenerator(PseudoFakeConfig())
+    labels, scores, videos = [], [], []
+    for record in load_face_cache(cache):
+        crop = read_crop(record)
+        fake = fixed_pseudo_fake(generator, crop, record, seed, len(labels) + 1)
+        for label, image, video in ((0, crop, record.video_id), (1, fake, f"{record.video_id}#pseudo")):
+            labels.append(label)
+            scores.append(float(engine.score_crops(to_input(image, engine.input_size)[None])[0]))
+            videos.append(video)
+    engine.close()
+    per_video: dict[str, list[float]] = defaultdict(list)
+    for video, score in zip(videos, scores):
+        per_video[video].append(score)
+    names = sorted(per_video)
+    return {
+        "auc": roc_auc_score(labels, scores),
+        "ap": average_precision_score(labels, scores),
+        "video_auc": roc_auc_score([int(v.endswith("#pseudo")) for v in names], [np.mean(per_video[v]) for v in names]),
+        "pseudo_mean": float(np.mean([s for s, y in zip(scores, labels) if y == 1])),
+    }
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "onnx"])
@@ -24,7 +58,12 @@ def test_eval_on_samples_with_pseudo_fakes_and_robustness(
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
     assert m["n"] == 16 and m["n_fake"] == 8  # 8 real sample faces, each also as a pseudo-fake
-    assert 0.0 <= m["auc"] <= 1.0 and m["video_auc"] is not None and m["eer"] is not None
+    # the metrics are those of the model's own scores on these crops (the checkpoint through its ONNX export)
+    expected = expected_metrics(smoke_onnx["masm"], tmp_path / "cache")
+    for key in ("auc", "ap", "video_auc"):
+        assert m[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert report["per_source"]["pseudo-fake"]["mean_score"] == pytest.approx(expected["pseudo_mean"], abs=1e-4)
+    assert m["eer"] is not None
     assert set(report["robustness"]) == set(ROBUSTNESS_LEVELS)
     assert all(len(row) == 4 for row in report["robustness"].values())
     assert (out / "roc.png").exists() and (out / "robustness.png").exists()
@@ -43,7 +82,7 @@ def test_eval_torch_and_onnx_agree(smoke_runs: dict[str, Path], smoke_onnx: dict
 def test_eval_plain_folder_with_real_and_fake(smoke_onnx: dict[str, Path], tmp_path: Path) -> None:
     import cv2
 
-    from swapwatch.stream.faces.pipeline import read_image
+    from swapwatch.media.image import read_image
 
     root = tmp_path / "folder"
     (root / "real").mkdir(parents=True)

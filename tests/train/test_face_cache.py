@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from swapwatch.errors import ConfigError, DatasetLayoutError, MediaError
+from swapwatch.media.video import sample_indices
 from swapwatch.stream.faces import DetectorConfig, FacePipeline, load_detector, template_landmarks
 from swapwatch.train.data import DatasetConfig, MediaItem, read_dataset
 from swapwatch.train.data.cache import (
@@ -24,7 +25,6 @@ from swapwatch.train.data.cache import (
     load_face_cache,
     read_crop,
 )
-from swapwatch.train.data.media import sample_indices
 from tests.train.conftest import write_clip
 
 SIZE = 128
@@ -38,7 +38,7 @@ EXPECTED: dict[str, int | str] = {
     "real/hanks.png": 1,
     "real/astronaut.png": 1,
     "fake/clip.mp4": FRAMES,
-    "fake/broken.jpg": "not a decodable image",
+    "fake/broken.jpg": "not a readable image",
     "fake/noise.png": NO_FACE,
 }
 

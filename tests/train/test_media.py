@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 
 from swapwatch.errors import MediaError
-from swapwatch.train.data.media import (
-    count_frames,
-    is_image,
-    is_video,
-    read_frames,
-    read_image,
-    sample_indices,
-    sample_video,
-)
+from swapwatch.media.files import is_image, is_video
+from swapwatch.media.image import read_image
+from swapwatch.media.video import count_frames, open_video, read_frames, sample_indices, sample_video
 from tests.train.conftest import ClipWriter
 
 
@@ -222,7 +216,7 @@ def test_read_image(tmp_path: Path, ext: str, img: np.ndarray) -> None:
 @pytest.mark.parametrize(
     "content, fragment",
     [
-        (np.random.default_rng(2).bytes(2048), "not a decodable image"),
+        (np.random.default_rng(2).bytes(2048), "not a readable image"),
         (b"", "the file is empty"),
         (None, "file not found"),
     ],
@@ -233,3 +227,21 @@ def test_unreadable_image(tmp_path: Path, content: bytes | None, fragment: str) 
         path.write_bytes(content)
     with pytest.raises(MediaError, match=fragment):
         read_image(path)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tiff"])
+def test_read_image_scales_16_bit_with_rounding(tmp_path: Path, ext: str) -> None:
+    # OpenCV's own 8-bit decode keeps a 16-bit PNG's high byte (257 -> 1 but 255 -> 0, 65280 -> 255)
+    img = np.array([[[0, 255, 257], [32896, 65280, 65535]]], np.uint16)
+    path = tmp_path / f"deep{ext}"
+    ok, buf = cv2.imencode(ext, img)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    assert read_image(path).tolist() == [[[0, 1, 1], [128, 254, 255]]]
+
+
+def test_a_folder_is_not_a_media_file(tmp_path: Path) -> None:
+    for read in (read_image, open_video):
+        with pytest.raises(MediaError) as info:
+            read(tmp_path)
+        assert info.value.path == str(tmp_path) and info.value.reason == "not a file"

@@ -2,7 +2,8 @@
 
 Typical use::
 
-    from swapwatch.stream.faces import DetectorConfig, FacePipeline, load_detector, read_image
+    from swapwatch.media.image import read_image
+    from swapwatch.stream.faces import DetectorConfig, FacePipeline, load_detector
 
     pipeline = FacePipeline(load_detector(DetectorConfig()), size=224, margin=0.15, crop_size=256)
     crops = pipeline.process(read_image("frame.jpg"))
@@ -23,8 +24,7 @@ from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input, to_input
 from swapwatch.stream.faces.config import DetectorConfig
 from swapwatch.stream.faces.detector import FaceDetector, load_detector
 from swapwatch.stream.faces.insightface_pack import InsightFaceDetector
-from swapwatch.stream.faces.onnx_session import make_session
-from swapwatch.stream.faces.pipeline import FacePipeline, read_image
+from swapwatch.stream.faces.pipeline import FacePipeline
 from swapwatch.stream.faces.retinaface_embedded import EmbeddedRetinaFace
 from swapwatch.stream.faces.types import AlignedFace, Face
 
@@ -42,8 +42,6 @@ __all__ = [
     "alignment_spec",
     "face_input",
     "load_detector",
-    "make_session",
-    "read_image",
     "similarity_matrix",
     "template_landmarks",
     "to_input",

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-
 from swapwatch.stream.faces.config import DetectorConfig
-from swapwatch.stream.faces.types import Face
+from swapwatch.stream.faces.detector_backends import DETECTOR_BACKENDS
+from swapwatch.stream.faces.detector_base import FaceDetector, check_image, keep_large_enough, scale_to_max_side
 
-
-@runtime_checkable
-class FaceDetector(Protocol):
-    """Finds faces in one BGR uint8 image.
-
-    `detect` returns faces sorted by score (highest first) in source-image pixels, landmarks in the
-    ArcFace order (left eye, right eye, nose, left mouth corner, right mouth corner; "left" meaning
-    smaller x in the image for an upright face). `name` identifies the model for logs and metadata.
-    """
-
-    name: str
-
-    def detect(self, image_bgr: np.ndarray) -> list[Face]: ...
+__all__ = ["FaceDetector", "check_image", "keep_large_enough", "load_detector", "scale_to_max_side"]
 
 
 def load_detector(cfg: DetectorConfig | None = None) -> FaceDetector:
@@ -30,32 +15,4 @@ def load_detector(cfg: DetectorConfig | None = None) -> FaceDetector:
     Raises ModelFileError when an insightface pack is missing or holds no detection model.
     """
     cfg = cfg or DetectorConfig()
-    if cfg.type == "embedded":
-        from swapwatch.stream.faces.retinaface_embedded import EmbeddedRetinaFace
-
-        return EmbeddedRetinaFace.from_config(cfg)
-    from swapwatch.stream.faces.insightface_pack import InsightFaceDetector
-
-    return InsightFaceDetector.from_config(cfg)
-
-
-def check_image(image_bgr: np.ndarray) -> None:
-    """Reject anything that is not an (H, W, 3) uint8 image, naming what was passed."""
-    if not isinstance(image_bgr, np.ndarray):
-        raise TypeError(f"expected a numpy BGR image, got {type(image_bgr).__name__}")
-    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 BGR image, got shape {image_bgr.shape} dtype {image_bgr.dtype}")
-    if image_bgr.shape[0] == 0 or image_bgr.shape[1] == 0:
-        raise ValueError(f"expected a non-empty image, got shape {image_bgr.shape}")
-
-
-def scale_to_max_side(height: int, width: int, max_side: int) -> float:
-    """Downscale factor so the longer side fits `max_side`; never upscales (1.0 for small frames)."""
-    return min(1.0, max_side / float(max(height, width)))
-
-
-def keep_large_enough(faces: list[Face], min_face: int) -> list[Face]:
-    """Drop faces whose shorter box side is below `min_face` pixels (order preserved)."""
-    if min_face <= 0:
-        return faces
-    return [f for f in faces if min(f.width, f.height) >= min_face]
+    return DETECTOR_BACKENDS[cfg.type](cfg)

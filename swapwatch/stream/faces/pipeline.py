@@ -8,38 +8,13 @@ the canonical crops, aligns the faces `faces()` selects straight at its own size
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 
-from swapwatch.errors import MediaError
 from swapwatch.stream.faces.chain import CANONICAL_SIZE, face_input
 from swapwatch.stream.faces.detector import FaceDetector, check_image, keep_large_enough
 from swapwatch.stream.faces.types import AlignedFace, Face
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 BGR, EXIF orientation applied.
-
-    Decodes from bytes (np.fromfile + cv2.imdecode) because cv2.imread cannot open non-ASCII paths
-    on every platform. Grey, 16-bit and alpha images are converted to 8-bit BGR.
-    Raises MediaError naming the file when it is missing or cannot be decoded.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise MediaError(p, "file not found")
-    if not p.is_file():
-        raise MediaError(p, "not a file")
-    try:
-        data = np.fromfile(p, dtype=np.uint8)
-    except OSError as err:
-        raise MediaError(p, f"not a readable image ({err.strerror or err})") from err
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise MediaError(p, "not a readable image")
-    return image
 
 
 class FacePipeline:

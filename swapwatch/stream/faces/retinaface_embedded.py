@@ -26,8 +26,8 @@ import numpy as np
 
 from swapwatch.errors import ModelFileError
 from swapwatch.stream.faces.config import DetectorConfig
-from swapwatch.stream.faces.detector import check_image, keep_large_enough, scale_to_max_side
-from swapwatch.stream.faces.onnx_session import make_session
+from swapwatch.stream.faces.detector_base import check_image, keep_large_enough, scale_to_max_side
+from swapwatch.media.onnx_session import make_session
 from swapwatch.stream.faces.types import Face
 
 MEAN_BGR = (104.0, 117.0, 123.0)

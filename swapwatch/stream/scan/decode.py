@@ -23,10 +23,11 @@ from pathlib import Path
 import av
 
 from swapwatch.errors import MediaError
-from swapwatch.stream.faces.pipeline import read_image
+from swapwatch.media.files import VIDEO_EXTS
+from swapwatch.media.image import read_image
+from swapwatch.media.video import ffmpeg_reason, open_video, to_bgr
+from swapwatch.stream.scan.cadence import DETECT_EVERY_FRAME
 from swapwatch.stream.scan.items import FileEnd, FileStart, FrameJob, Item, Kind
-from swapwatch.train.data import media
-from swapwatch.train.data.media import VIDEO_EXTS, ffmpeg_reason, to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ def file_kind(path: Path, crops: bool) -> Kind:
     if path.suffix.lower() in VIDEO_EXTS:
         return "video"
     return "crop" if crops else "image"
-
-
-def open_video(path: Path) -> av.container.InputContainer:
-    """Open a video file, turning each way it can fail into a MediaError that says which."""
-    if not path.exists():
-        raise MediaError(path, "no such file")
-    if not path.is_file():
-        raise MediaError(path, "not a file")
-    return media.open_video(path)
 
 
 def frames_to_score(total: int | None, every: int, max_frames: int | None) -> int | None:
@@ -57,7 +49,9 @@ def frames_to_score(total: int | None, every: int, max_frames: int | None) -> in
 class Decoder:
     """Turns a list of paths into the item stream (see the module docstring); `seq` numbers every item."""
 
-    def __init__(self, every: int = 1, max_frames: int | None = None, crops: bool = False, detect_every: int = 1) -> None:
+    def __init__(
+        self, every: int = 1, max_frames: int | None = None, crops: bool = False, detect_every: int = DETECT_EVERY_FRAME
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if max_frames is not None and max_frames < 1:
@@ -84,8 +78,6 @@ class Decoder:
 
     def _image(self, file: int, path: Path, kind: Kind) -> Iterator[Item]:
         try:
-            if not path.exists():
-                raise MediaError(path, "no such file")
             image = read_image(path)
         except MediaError as err:
             yield FileStart(self._next(), file, path, kind, None)

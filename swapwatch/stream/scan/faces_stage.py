@@ -33,6 +33,7 @@ import numpy as np
 from swapwatch.errors import SwapwatchError
 from swapwatch.stream.faces.chain import face_input, to_input
 from swapwatch.stream.faces.detector import FaceDetector
+from swapwatch.stream.scan.cadence import DETECT_EVERY_FRAME
 from swapwatch.stream.scan.interpolate import KeyframeInterpolator, PlacedFace
 from swapwatch.stream.scan.items import (
     FaceFrame,
@@ -55,7 +56,7 @@ class FaceStage:
     `engine` is only used for its `input_size`, its alignment margin and size, and `preprocess`.
     """
 
-    def __init__(self, detector: FaceDetector, engine: Any, detect_every: int = 1) -> None:
+    def __init__(self, detector: FaceDetector, engine: Any, detect_every: int = DETECT_EVERY_FRAME) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         self.detector = detector

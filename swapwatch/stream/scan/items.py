@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from swapwatch.stream.scan.cadence import DETECT_EVERY_FRAME
+
 Kind = Literal["image", "video", "crop"]
 
 
@@ -25,7 +27,7 @@ class FileStart:
     path: Path
     kind: Kind
     expected_frames: int | None = None
-    detect_every: int = 1
+    detect_every: int = DETECT_EVERY_FRAME
 
 
 @dataclass

@@ -183,6 +183,20 @@ class Metrics:
         for s in SOURCE_STATES:
             self.source_state.labels(stream, s).set(1.0 if s == source_state else 0.0)
 
+    def forget_stream(self, stream: str) -> None:
+        """Remove every series of `stream` (a server that ran thousands of streams must not keep them all)."""
+        import contextlib
+
+        for metric in (self.frame_latency, self.frames, self.fps, self.reconnects, self.faces, self.alerts,
+                       self.stream_level):
+            with contextlib.suppress(KeyError):
+                metric.remove(stream)
+        for metric, values in ((self.drops, FRAME_DROP_REASONS), (self.state_changes, STATES),
+                               (self.stream_state, STATES), (self.source_state, SOURCE_STATES)):
+            for value in values:
+                with contextlib.suppress(KeyError):
+                    metric.remove(stream, value)
+
     # -- exposure --------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of the text exposition format, for an HTTP /metrics handler."""
@@ -219,6 +233,17 @@ class MetricsSink:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
+        self._ended: set[str] = set()  # streams whose last event (ended / failed) was applied
+        self._forget_pending: set[str] = set()
+
+    def forget_when_ended(self, stream: str) -> None:
+        """Drop `stream`'s series once its last event has been applied: now if it has, else when it comes
+        (a removed stream's final events may still be queued for this sink)."""
+        if stream in self._ended:
+            self._ended.discard(stream)
+            self.metrics.forget_stream(stream)
+        else:
+            self._forget_pending.add(stream)
 
     async def publish(self, event: Event) -> None:
         self.apply(event)
@@ -244,6 +269,13 @@ class MetricsSink:
                 m.reconnect(event.stream)
             if event.source_state in ("ended", "failed"):
                 m.set_faces(event.stream, 0)
+                if event.stream in self._forget_pending:
+                    self._forget_pending.discard(event.stream)
+                    m.forget_stream(event.stream)
+                else:
+                    self._ended.add(event.stream)
+            elif event.source_state == "connecting":
+                self._ended.discard(event.stream)  # a new stream of that name
 
     async def aclose(self) -> None:
         self.metrics.stop_http_server()

@@ -1,4 +1,4 @@
-"""The Source interface every input implements, its states, statistics and errors.
+"""The Source interface every input implements, its states and statistics, and (from errors.py) its errors.
 
 A source owns one decoding thread per connection attempt (a `Session`, see reconnect.py), a bounded
 `FrameQueue` into the event loop, and a supervisor task that watches the session, decides what an
@@ -29,17 +29,46 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 
-from swapwatch.errors import MediaError
 from swapwatch.stream.redact import log_text
 from swapwatch.stream.sources.config import SourceConfig, SourceKind
+from swapwatch.stream.sources.errors import (
+    SourceAuthError,
+    SourceCorruptError,
+    SourceEndedError,
+    SourceError,
+    SourceNotFoundError,
+    SourceStalledError,
+    SourceTimeoutError,
+    SourceTruncatedError,
+    SourceUnreachableError,
+)
 from swapwatch.stream.sources.frames import Frame, FramePolicy, FrameQueue
+from swapwatch.stream.sources.reconnect import Backoff, Session, supervise
 
-if TYPE_CHECKING:
-    from swapwatch.stream.sources.reconnect import Session
+# The errors are defined in errors.py, so that reconnect.py can raise them without importing this module,
+# and re-exported here, where the sources and their callers import them from.
+__all__ = [
+    "SOURCE_STATE_LOG_FLAG",
+    "TERMINAL_STATES",
+    "Source",
+    "SourceAuthError",
+    "SourceCorruptError",
+    "SourceEndedError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceStalledError",
+    "SourceState",
+    "SourceStats",
+    "SourceTimeoutError",
+    "SourceTruncatedError",
+    "SourceUnreachableError",
+    "StateChange",
+    "StateListener",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,49 +81,6 @@ SourceState = Literal["connecting", "live", "reconnecting", "failed", "ended"]
 
 TERMINAL_STATES: frozenset[str] = frozenset({"failed", "ended"})
 """States a source never leaves."""
-
-
-# --- errors -------------------------------------------------------------------------------------------
-
-
-class SourceError(MediaError):
-    """A source could not be opened or read. `path` is the masked URL (or the file), never a password."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url = url
-
-
-class SourceUnreachableError(SourceError):
-    """Nothing answers at the URL's host and port (connection refused, host or network unreachable)."""
-
-
-class SourceNotFoundError(SourceError):
-    """The server answers but has no stream at that path (HTTP/RTSP 404), or the file or device is missing."""
-
-
-class SourceAuthError(SourceError):
-    """The server refused the credentials (401/403)."""
-
-
-class SourceTimeoutError(SourceError):
-    """The server accepted the connection but did not answer or send data in time."""
-
-
-class SourceStalledError(SourceError):
-    """The connection stayed open but no frame was decoded for `stall_timeout_s` (the watchdog fired)."""
-
-
-class SourceEndedError(SourceError):
-    """A live stream ended: the server closed it or stopped sending (FFmpeg reports this as a quiet EOF)."""
-
-
-class SourceCorruptError(SourceError):
-    """A file is not a readable video: wrong or damaged container, or no frame decodes."""
-
-
-class SourceTruncatedError(SourceError):
-    """A file ends before its container says it should (an interrupted copy or recording)."""
 
 
 # --- states and statistics ------------------------------------------------------------------------------
@@ -389,9 +375,6 @@ class Source(ABC):
     # -- internals ------------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        # Imported here: reconnect.py builds on this module's errors, so it cannot be imported at the top.
-        from swapwatch.stream.sources.reconnect import Backoff, Session, supervise
-
         def new_session(number: int, on_first_frame: Callable[[], None]) -> Session:
             if number > 1:
                 self._attempts += 1

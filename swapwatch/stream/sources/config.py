@@ -29,10 +29,7 @@ from swapwatch.config import StrictModel
 from swapwatch.stream.names import StreamName, to_stream_name
 from swapwatch.stream.sources.ffmpeg_options import check_ffmpeg_options
 from swapwatch.stream.sources.frames import FramePolicy
-
-SourceKind = Literal["file", "rtsp", "http", "webcam", "webrtc"]
-"""How a source is read: a local file, RTSP/RTSPS, HTTP(S) (progressive files, HLS, MJPEG), a V4L2 device, or
-a WebRTC track a peer published to the server (`webrtc`: created by the WHIP endpoint, never from a config)."""
+from swapwatch.stream.sources.kinds import SourceKind
 
 SCHEME_KINDS: dict[str, SourceKind] = {
     "rtsp": "rtsp",

@@ -18,10 +18,8 @@ file descriptors, or widen what the demuxers read.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from swapwatch.stream.sources.config import SourceKind
+from swapwatch.stream.sources.kinds import SourceKind
 
 KIND_PROTOCOLS: dict[SourceKind, str] = {
     "file": "file",

@@ -16,7 +16,7 @@ What FACTS.md ("Video") taught, and how it is used here:
   error, become a specific `SourceError` naming the masked URL (FFmpeg's own messages quote the URL
   they were given, credentials included, so only their `strerror` is kept).
 
-Files follow the decoding conventions of swapwatch/train/data/media.py (frames are upright BGR with the
+Files follow the decoding conventions of swapwatch/media/video.py (frames are upright BGR with the
 display rotation applied; what decodes is delivered before a failure is reported) and add the checks
 a monitor needs: a truncated file (it ends before its container says it should) is told apart from a
 corrupt one (nothing readable at all).
@@ -33,6 +33,7 @@ from typing import Any
 import av
 import av.error
 
+from swapwatch.media.video import ffmpeg_reason, to_bgr
 from swapwatch.stream.sources.base import (
     Source,
     SourceAuthError,
@@ -47,7 +48,6 @@ from swapwatch.stream.sources.base import (
 from swapwatch.stream.sources.config import SourceConfig, SourceKind, file_path, redact
 from swapwatch.stream.sources.ffmpeg_options import KIND_PROTOCOLS
 from swapwatch.stream.sources.reconnect import Session
-from swapwatch.train.data.media import to_bgr
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,6 @@ def build_options(config: SourceConfig) -> dict[str, str]:
     if kind in KIND_PROTOCOLS:
         options["protocol_whitelist"] = KIND_PROTOCOLS[kind]
     return options
-
-
-def ffmpeg_reason(err: BaseException) -> str:
-    """FFmpeg's message without the file name it quotes (e.g. 'Invalid data found when processing input')."""
-    strerror = getattr(err, "strerror", None)
-    return str(strerror) if strerror else type(err).__name__
 
 
 def classify_error(err: BaseException, url: str, kind: SourceKind, raw_url: str | None = None) -> SourceError:

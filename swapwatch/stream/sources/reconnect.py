@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from swapwatch.stream.sources.base import (
+from swapwatch.stream.sources.config import ReconnectConfig
+from swapwatch.stream.sources.errors import (
     SourceEndedError,
     SourceError,
     SourceStalledError,
 )
-from swapwatch.stream.sources.config import ReconnectConfig
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from swapwatch.media.video import to_bgr
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source
 from swapwatch.stream.sources.config import SourceConfig
 from swapwatch.stream.sources.frames import Frame
-from swapwatch.train.data.media import to_bgr
 
 if TYPE_CHECKING:
     from swapwatch.stream.sources.reconnect import Session

@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from swapwatch.config import StrictModel
 from swapwatch.errors import ConfigError, DatasetLayoutError, MediaError
+from swapwatch.media.image import read_image
+from swapwatch.media.video import sample_video
 from swapwatch.stream.faces import DetectorConfig, FacePipeline, align_face, alignment_spec, load_detector
 from swapwatch.train.data.items import MediaItem
-from swapwatch.train.data.media import read_image, sample_video
 
 log = logging.getLogger(__name__)
 

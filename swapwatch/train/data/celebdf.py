@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from swapwatch.errors import DatasetLayoutError
+from swapwatch.media.files import is_video
+from swapwatch.train.data.config import DatasetConfig
 from swapwatch.train.data.items import FAKE, REAL, MediaItem, relative_id, train_or_val
-from swapwatch.train.data.media import is_video
-
-if TYPE_CHECKING:
-    from swapwatch.train.data.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 

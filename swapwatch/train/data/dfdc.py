@@ -14,13 +14,10 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from swapwatch.errors import DatasetLayoutError
+from swapwatch.train.data.config import DatasetConfig
 from swapwatch.train.data.items import FAKE, REAL, SPLITS, MediaItem, relative_id, train_or_val
-
-if TYPE_CHECKING:
-    from swapwatch.train.data.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from swapwatch.media.files import is_video, media_files
+from swapwatch.train.data.config import DatasetConfig
 from swapwatch.train.data.items import REAL, MediaItem, relative_id, train_or_val
-from swapwatch.train.data.media import is_video, media_files
-
-if TYPE_CHECKING:
-    from swapwatch.train.data.config import DatasetConfig
 
 log = logging.getLogger(__name__)
 

@@ -188,7 +188,8 @@ def test_a_removed_streams_blocked_reader_counts_against_the_limit_until_it_exit
 
 
 def test_a_server_lets_go_of_removed_and_replaced_streams(reference_model: Path, swap_clip: DemoClip, tmp_path: Path) -> None:
-    """Serving for days must not keep every stream it ever ran: sources (and their frames) are freed."""
+    """Serving for days must not keep every stream it ever ran: sources (and their frames) and the
+    removed ones' metric series are freed."""
     import gc
     import weakref
 
@@ -206,6 +207,9 @@ def test_a_server_lets_go_of_removed_and_replaced_streams(reference_model: Path,
             await wait_until(lambda n=name: not monitor.stream_status(n)["running"], 60)
             if name == "b":
                 await monitor.remove_stream("b")
+        # The removed stream's metric series go too (once its last events reached the metrics sink).
+        await wait_until(lambda: 'stream="b"' not in monitor.metrics.render()[0].decode())
+        assert 'stream="a"' in monitor.metrics.render()[0].decode()
         monitor.stop("test")
         await task
         gc.collect()

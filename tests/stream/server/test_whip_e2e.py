@@ -59,7 +59,9 @@ def test_whip_published_swap_raises_an_alert(
             async with srv.session.get(srv.url("/api/streams/caller"), headers=srv.auth) as r:
                 assert r.status == 200
                 stream = await r.json()
-            assert "webrtc" in str(stream)
+            # a WHIP publication is a `webrtc` stream named by its path, live and scored while it plays
+            assert (stream["kind"], stream["url"], stream["name"]) == ("webrtc", "webrtc://caller", "caller")
+            assert stream["running"] and stream["source_state"] == "live" and stream["faces_scored"] > 0
 
             assert await session.close() == 200
 
@@ -94,6 +96,9 @@ def test_publish_command_streams_until_sigint(
                         return r.status == 200 and (await r.json()).get("frames", 0) > 10
 
                 await wait_until(streaming, timeout=30)
+                async with srv.session.get(srv.url("/api/streams/cli"), headers=srv.auth) as r:
+                    stream = await r.json()
+                assert stream["running"] and stream["source_state"] == "live" and stream["kind"] == "webrtc"
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGINT)
@@ -102,11 +107,21 @@ def test_publish_command_streams_until_sigint(
             assert "SIGINT received" in out and "DELETE -> 200" in out, out
             assert TOKEN not in out
 
-            async def gone() -> bool:
-                async with srv.session.get(srv.url("/api/streams/cli"), headers=srv.auth) as r:
-                    return r.status == 404 or (await r.json()).get("state") in ("ended", None)
+            # The DELETE ends the session: the stream's source ends (its last event says why) and the
+            # server takes the stream off its list.
+            async def ended() -> list[dict[str, Any]]:
+                return [e for e in await events(srv, stream="cli", type="stream") if e["source_state"] == "ended"]
 
-            await wait_until(gone, timeout=20)
+            await wait_until(ended, timeout=20)
+            assert "DELETE" in (await ended())[0]["reason"]
+
+            async def removed() -> bool:
+                async with srv.session.get(srv.url("/api/streams/cli"), headers=srv.auth) as r:
+                    return r.status == 404
+
+            await wait_until(removed, timeout=20)
+            async with srv.session.get(srv.url("/api/streams"), headers=srv.auth) as r:
+                assert "cli" not in [s["name"] for s in (await r.json())["streams"]]
 
     run_async(scenario(), timeout=120)
 

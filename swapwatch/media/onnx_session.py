@@ -67,6 +67,7 @@ def make_session(
     """
     opts = session_options(threads)
     chosen = resolve_providers(providers)
+    source: str | bytes
     if isinstance(model, (bytes, bytearray, memoryview)):
         label, source = IN_MEMORY, bytes(model)
     else:
