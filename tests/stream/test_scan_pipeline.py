@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -26,6 +29,7 @@ from swapwatch.stream.cli import main
 from swapwatch.stream.faces.chain import face_input
 from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 from swapwatch.stream.scan.progress import ScanProgress, progress_enabled
+from swapwatch.stream.scan.queues import StageQueue
 from swapwatch.stream.scanner import Scanner
 from tests.stream.conftest import ClipFactory
 
@@ -105,26 +109,72 @@ def test_results_come_in_input_order_and_bad_files_do_not_stop_the_scan(
     assert s.stats.files == len(paths)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        # MP4 with its index (moov) at the front: the cut media data ends in FFmpeg's "invalid data"
+        ("face_360p_faststart.mp4", {"faststart": True}),
+        # Matroska keeps its index at the front too, but FFmpeg reads a cut file to a clean EOF: the scan
+        # learns nothing went wrong, although the header announced 90 frames (see the reason)
+        pytest.param("face_360p.mkv", {}, marks=pytest.mark.xfail(
+            strict=True, reason="product gap: a Matroska file cut in half scans 30 of its 90 frames with no "
+            "`warning` and no log line (decode.py warns only when FFmpeg raises, not on a shortfall)")),
+    ],
+)
 def test_a_video_cut_short_in_the_middle_keeps_its_frames_and_warns(
-    scanner: Scanner, make_clip: ClipFactory, tmp_path: Path
+    scanner: Scanner, make_clip: ClipFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str,
+    options: dict[str, object],
 ) -> None:
-    # A Matroska file cut in the middle still opens (its index is at the front); decoding stops early.
-    whole = make_clip("face_360p.mkv")
-    cut = tmp_path / "cut.mkv"
+    whole = make_clip(name, **options)  # 90 frames
+    cut = tmp_path / f"cut{whole.suffix}"
     data = whole.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    (row,) = with_settings(scanner, detect_every=4).scan_paths([cut])
+    with caplog.at_level(logging.WARNING, logger="swapwatch.stream.scan.decode"):
+        (row,) = with_settings(scanner, detect_every=4).scan_paths([cut])
     assert row["score"] is not None and 0 < row["frames"] < 90
     assert row.get("error") is None
+    # the result says where decoding stopped, and so does the log, once
+    assert row.get("warning", "").startswith(f"decoding stopped after {row['frames']} frames: ")
+    assert [r.getMessage() for r in caplog.records if str(cut) in r.getMessage()] == [f"{cut}: {row['warning']}"]
+
+
+def _waits_on_a_full_queue(thread_name: str) -> bool:
+    """True while the named scan thread waits in `StageQueue.put` on a queue that is full: back-pressure."""
+    thread = next((t for t in threading.enumerate() if t.name == thread_name), None)
+    frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident is not None else None
+    while frame is not None:
+        queue = frame.f_locals.get("self")
+        if frame.f_code.co_name == "put" and isinstance(queue, StageQueue):
+            return queue.qsize() >= queue.maxsize
+        frame = frame.f_back
+    return False
+
+
+class HeldConsumer(ScanProgress):
+    """The scan's progress (called on the consumer's thread) holding the consumer at its first frame until
+    the decoder waits on a full frame queue: the slowest consumer, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        super().__init__(1, enabled=False)
+        self.held = False
+
+    def advance(self, frames: int = 1) -> None:
+        if not self.held:
+            self.held = True
+            deadline = time.monotonic() + 30.0
+            while not _waits_on_a_full_queue("scan-decode"):
+                assert time.monotonic() < deadline, "the decoder never waited on a full frame queue"
+                time.sleep(0.01)
+        super().advance(frames)
 
 
 def test_a_long_video_goes_through_bounded_queues(scanner: Scanner, make_clip: ClipFactory) -> None:
     long_clip = make_clip("face_360p_10s.mp4", seconds=10.0)  # 300 frames
     s = with_settings(scanner, frame_queue=4, face_queue=6, detect_every=4)
-    (row,) = s.scan_paths([long_clip])
+    (row,) = s.scan_paths([long_clip], HeldConsumer())
     st = s.stats
     assert row["frames"] == 300 and st.frames == 300
-    # The decoder outruns the face stage, so the frame queue fills up to its bound and no further.
+    # With the consumer held, the frame queue fills up to its bound and no further; so do the others.
     assert st.peak_frame_queue == 4
     assert st.peak_face_queue <= 6 and st.peak_located_queue <= 4
     # Items waiting to be put back in order: at most what the face queue and the workers hold.

@@ -15,7 +15,7 @@ import gc
 import itertools
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ class Harness:
     ended: list[str] = field(default_factory=list)
     consumers: list[asyncio.Task[None]] = field(default_factory=list)
     reject: StreamRejected | None = None
-    slow_s: float = 0.0
+    pace: Callable[[Source, Frame], Awaitable[None]] | None = None
+    """Awaited by the consumer after each frame it takes (a slow consumer)."""
 
     def url(self, path: str = "/whip") -> str:
         return self.base + path
@@ -100,8 +101,8 @@ async def whip_app(*, static: bool = False, **config: Any) -> AsyncIterator[Harn
     async def consume(source: Source, h: Harness) -> None:
         async for frame in source.frames():
             h.frames.setdefault(source.name, []).append(frame)
-            if h.slow_s:
-                await asyncio.sleep(h.slow_s)
+            if h.pace is not None:
+                await h.pace(source, frame)
 
     async def on_source(source: Source) -> str:
         h = holder["h"]
@@ -233,13 +234,19 @@ def test_monitor_closing_the_source_hangs_up(loopback_ice: None, clip: Path) -> 
 def test_slow_consumer_gets_the_newest_frames_and_drops_are_counted(loopback_ice: None, clip: Path) -> None:
     async def scenario() -> None:
         async with whip_app() as h:
-            h.slow_s = 0.2  # 5 frames/s of a 30 fps stream
+            async def two_newer_frames_arrive(source: Source, frame: Frame) -> None:
+                # slower than the stream whatever the machine's speed: back only once frames index+1 and
+                # index+2 were received, so the one-frame queue had to drop index+1 (or once it ended)
+                await wait_for(lambda: source.stats().frames >= frame.index + 3 or source.state == "ended", 20)
+
+            h.pace = two_newer_frames_arrive
             session = await publish(h.url("/whip/slow"), FileTrack(clip, loop=True))
-            frames = await h.wait_frames("slow", 6)
+            taken = [f.index for f in list(await h.wait_frames("slow", 6))]
             stats = h.sources["slow"].stats()
-            assert stats.dropped > 10
-            gaps = [b.index - a.index for a, b in itertools.pairwise(frames)]
-            assert max(gaps) > 1  # the latest policy skipped frames instead of queueing them
+            gaps = [b - a for a, b in itertools.pairwise(taken)]
+            assert all(gap >= 2 for gap in gaps), taken  # the newest frame each time, never a stale queued one
+            assert stats.dropped >= sum(gap - 1 for gap in gaps)  # every frame skipped was counted as dropped
+            assert stats.frames == stats.delivered + stats.dropped + stats.queued
             await session.close()
 
     run_async(scenario(), timeout=60)
