@@ -100,8 +100,10 @@ class Decoder:
         try:
             stream = container.streams.video[0]
             total = int(stream.frames) if stream.frames and stream.frames > 0 else None
-            if total is None and stream.duration and stream.average_rate:
+            if total is None and stream.duration and stream.time_base and stream.average_rate:
                 total = max(1, round(float(stream.duration * stream.time_base * stream.average_rate)))
+            if total is None and container.duration and stream.average_rate:  # Matroska: only the segment's
+                total = max(1, round(container.duration / av.time_base * float(stream.average_rate)))
             rate = float(stream.average_rate) if stream.average_rate else 25.0
             expected = frames_to_score(total, self.every, self.max_frames)
             yield FileStart(self._next(), file, path, "video", expected, self.detect_every)
@@ -116,6 +118,11 @@ class Decoder:
                     sent += 1
                     if self.max_frames is not None and sent >= self.max_frames:
                         break
+                else:
+                    # A clean end of file well short of what the header announces: a file cut short whose
+                    # container (Matroska) lets FFmpeg stop without an error.
+                    if total is not None and decoded < total - max(2, total // 50):
+                        reason = f"the file announces {total} frames (truncated or damaged)"
             except (av.FFmpegError, OSError) as err:
                 reason = ffmpeg_reason(err)
         finally:
