@@ -126,7 +126,7 @@ def part_fuzz(out: Path, n: int) -> dict[str, Any]:
         def one(method: str, path: str, hdrs: dict[str, bytes], body: bytes | None) -> None:
             status = raw_request(srv.base, method, path, hdrs, body)
             statuses[status] += 1
-            if status >= 500 and status not in (503, 504) or status == -1:
+            if (status >= 500 and status not in (503, 504)) or status == -1:
                 failures.append({"method": method, "path": path, "status": status, "body": (body or b"")[:200].decode("latin-1")})
             done[0] += 1
             if done[0] % 250 == 0:

@@ -154,7 +154,10 @@ def compare(reference: dict[int, list[float]], other: dict[int, list[float]]) ->
             ref_top.append(max(a))
         if b:
             oth_top.append(max(b))
-    mean = lambda xs: statistics.fmean(xs) if xs else float("nan")
+
+    def mean(xs: list[float]) -> float:
+        return statistics.fmean(xs) if xs else float("nan")
+
     return {
         "frames": len(frames),
         "frames_face_count_differs": count_mismatch,

@@ -50,7 +50,7 @@ def sample_crops(size: int, margin: float, limit: int = 16, *, crop_size: int | 
     pipeline = FacePipeline(
         load_detector(), size=size, margin=margin, crop_size=CANONICAL_SIZE if crop_size is None else crop_size
     )
-    crops = []
+    crops: list[np.ndarray] = []
     for path in sample_face_images().values():
         crops.extend(a.crop for a in pipeline.process(read_image(path)))
     if not crops:

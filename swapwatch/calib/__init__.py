@@ -21,13 +21,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from swapwatch.engine.metadata import EngineMetadata, file_sha256, write_metadata
-
-Precision = Literal["fp32", "fp16", "int8"]
+from swapwatch.engine.metadata import EngineMetadata, Precision, file_sha256, write_metadata
 
 
 def derived_metadata(

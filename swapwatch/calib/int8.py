@@ -350,7 +350,7 @@ def equalize_cross_layer(model: Any, iterations: int = 20) -> int:
         else:
             wa, wb = weights[a.input[1]], weights[nxt.input[1]]
             c, gb = wa.shape[0], group(nxt)
-            if wa.ndim != 4 or wb.ndim != 4 or len(a.input) > 2 and a.input[2] and a.input[2] not in inits:
+            if wa.ndim != 4 or wb.ndim != 4 or (len(a.input) > 2 and a.input[2] and a.input[2] not in inits):
                 continue
             depthwise = gb == c and wb.shape[0] == c and wb.shape[1] == 1
             if (gb == 1 and wb.shape[1] == c) or depthwise:

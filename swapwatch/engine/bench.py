@@ -27,12 +27,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swapwatch.engine.base import BackendUnavailable
-from swapwatch.engine.batcher import BatcherConfig, MicroBatcher
+from swapwatch.engine.base import BackendUnavailable, Engine
+from swapwatch.engine.batcher import MicroBatcher
+from swapwatch.engine.batcher_config import BatcherConfig
 from swapwatch.engine.profile import (
     DEFAULT_BATCHES,
     EngineProfile,
@@ -43,6 +44,9 @@ from swapwatch.engine.select import BACKENDS
 from swapwatch.engine.trt_build import PlanBuildError
 from swapwatch.errors import ConfigError
 from swapwatch.strict_json import json_safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,7 @@ def host_info() -> dict[str, Any]:
     return info
 
 
-def open_engine(path: Path | None, backend: str, threads: int) -> Any:
+def open_engine(path: Path | None, backend: str, threads: int) -> Engine:
     """The engine for `path` on `backend` (swapwatch.engine.select.load_engine; None: the default model)."""
     from swapwatch.engine.select import load_engine
 
@@ -177,7 +181,7 @@ def _resolve_model(path: Path | None) -> Path:
 
 
 async def run_batcher(
-    engine: Any, config: BatcherConfig, crops: np.ndarray, tracks: int = 8, seconds: float = 2.0
+    engine: Engine, config: BatcherConfig, crops: np.ndarray, tracks: int = 8, seconds: float = 2.0
 ) -> dict[str, Any]:
     """`tracks` closed-loop submitters through a MicroBatcher for `seconds`; faces/s, batch sizes, latencies.
 
@@ -223,7 +227,7 @@ async def run_batcher(
     }
 
 
-def bench_engine(engine: Any, crops: np.ndarray, settings: BenchSettings, label: str, backend: str,
+def bench_engine(engine: Engine, crops: np.ndarray, settings: BenchSettings, label: str, backend: str,
                  model: Path) -> EngineRow:
     """Profile one open engine, derive its batcher config, run the batcher: one row."""
     profile = profile_engine(engine, crops, settings.batches, seconds=settings.seconds, threads=settings.threads)
@@ -286,7 +290,7 @@ def _display_names(models: Sequence[Path]) -> dict[Path, str]:
     with parent folders added while two files share it."""
     depth = 0
     while True:
-        names = {m: "/".join(m.parts[len(m.parts) - 1 - depth : -1] + (m.stem if m.suffix == ".onnx" else m.name,))
+        names = {m: "/".join((*m.parts[len(m.parts) - 1 - depth : -1], m.stem if m.suffix == ".onnx" else m.name))
                  for m in models}
         if len(set(names.values())) == len(set(models)) or depth >= max(len(m.parts) for m in models):
             return names
@@ -372,7 +376,7 @@ def plot_latency(rows: Sequence[EngineRow], path: Path) -> Path:
     return _finish_plot(plt, fig, ax, rows, path)
 
 
-def print_report(report: BenchReport, console: Any | None = None) -> None:
+def print_report(report: BenchReport, console: Console | None = None) -> None:
     """Two rich tables: latency and throughput per batch size, and the batcher run per engine."""
     from rich.console import Console
     from rich.table import Table

@@ -10,16 +10,19 @@ is a different thing (`--precision fp16`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from swapwatch.engine.metadata import file_sha256, read_metadata, write_metadata
 
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
 MIN_ELEMENTS = 1024  # small tensors (biases, norms) stay float32: no size to win, and they are the sensitive ones
 
 
-def store_weights_fp16(model: Any, min_elements: int = MIN_ELEMENTS) -> int:
+def store_weights_fp16(model: ModelProto, min_elements: int = MIN_ELEMENTS) -> int:
     """Rewrite an onnx.ModelProto in place; returns how many initializers now go through a Cast."""
     from onnx import TensorProto, helper, numpy_helper
 

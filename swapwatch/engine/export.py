@@ -33,10 +33,18 @@ import numpy as np
 import torch
 
 from swapwatch.engine.base import BackendUnavailable, Engine
-from swapwatch.engine.metadata import EngineMetadata, file_sha256, read_metadata, sidecar_path, write_metadata
+from swapwatch.engine.metadata import (
+    EngineMetadata,
+    Precision,
+    file_sha256,
+    read_metadata,
+    sidecar_path,
+    write_metadata,
+)
 from swapwatch.engine.onnx_runtime import OnnxEngine
-from swapwatch.engine.plan_cache import BatchProfile, descriptor_path
+from swapwatch.engine.plan_cache import descriptor_path
 from swapwatch.engine.torch_runtime import checkpoint_crop_size, checkpoint_margin, metadata_for_checkpoint
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ConfigError, ModelFileError, SwapwatchError
 from swapwatch.samples import model_sample_crops, sample_crops  # noqa: F401 - sample_crops re-exported for callers of export
 from swapwatch.train.models.base import ScoreModel
@@ -44,7 +52,6 @@ from swapwatch.train.models.base import ScoreModel
 log = logging.getLogger(__name__)
 
 Format = Literal["onnx", "tensorrt", "torch-tensorrt"]
-Precision = Literal["fp32", "fp16", "int8"]
 FORMATS: tuple[str, ...] = ("onnx", "tensorrt", "torch-tensorrt")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 SUFFIXES: dict[str, tuple[str, ...]] = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine", ".trt"), "torch-tensorrt": (".ep",)}

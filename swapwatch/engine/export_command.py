@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.store_fp16 and (args.format, args.precision) != ("onnx", "fp32"):
         raise ConfigError("--store-fp16: only for --format onnx --precision fp32")
     from swapwatch.engine.export import export_engine
-    from swapwatch.engine.plan_cache import BatchProfile
+    from swapwatch.engine.trt_profile import BatchProfile
 
     calib = None
     if args.calib_crops is not None:

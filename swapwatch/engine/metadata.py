@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError
 
 from swapwatch.config import StrictModel, format_validation_error
 from swapwatch.errors import ModelFileError
 
-FORMAT = "swapwatch-engine/1"
+FORMAT: Final = "swapwatch-engine/1"
+
+#: The numeric precision an engine runs at (fp32 export, FP16 or INT8 Q/DQ variant, or a TensorRT build).
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class AlignmentSpec(StrictModel):
@@ -49,7 +52,7 @@ class EngineMetadata(StrictModel):
     output: Literal["probability"] = Field("probability", description="The output is P(fake) per crop, shape (N,).")
     alignment: AlignmentSpec
     score_calibration: ScoreCalibration = Field(default_factory=ScoreCalibration)
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = "fp32"
     model_sha256: str = Field(..., description="SHA-256 of the engine file this sidecar describes.")
     checkpoint: str | None = Field(None, description="Checkpoint the engine was exported from.")
     backbone: dict[str, Any] = Field(default_factory=dict, description="Backbone name, pretrained flag, source.")

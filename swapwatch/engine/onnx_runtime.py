@@ -33,8 +33,10 @@ import numpy as np
 import onnxruntime as ort
 
 from swapwatch.engine.base import BackendUnavailable, Engine
+from swapwatch.engine.cuda_probe import cuda_gpu
 from swapwatch.engine.metadata import EngineMetadata, read_metadata
-from swapwatch.engine.plan_cache import BatchProfile, PlanCache, cuda_gpu
+from swapwatch.engine.plan_cache import PlanCache
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ModelFileError
 from swapwatch.media.onnx_session import make_session, session_options
 
@@ -79,7 +81,10 @@ def tensorrt_ep_options(
 ) -> dict[str, str]:
     """TensorrtExecutionProvider options: engine + timing cache in `cache_dir`, explicit batch profile."""
     s = meta.input_size
-    shape = lambda n: f"{input_name}:{n}x3x{s}x{s}"
+
+    def shape(n: int) -> str:
+        return f"{input_name}:{n}x3x{s}x{s}"
+
     return {
         "device_id": str(device),
         "trt_engine_cache_enable": "True",
@@ -124,7 +129,7 @@ class OnnxEngine(Engine):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = inp.shape
-        if len(shape) != 4 or shape[2] not in (self.meta.input_size, None) and not isinstance(shape[2], str):
+        if len(shape) != 4 or (shape[2] not in (self.meta.input_size, None) and not isinstance(shape[2], str)):
             raise ModelFileError(
                 self.path, f"model input shape {shape} does not match sidecar input_size {self.meta.input_size}"
             )
@@ -191,4 +196,4 @@ class OnnxEngine(Engine):
         if getattr(self, "_closed", True):
             return
         super().close()
-        self.session = None  # type: ignore[assignment]
+        self.session = None

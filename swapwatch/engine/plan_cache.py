@@ -32,21 +32,21 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError
 
 from swapwatch.config import StrictModel, format_validation_error
 from swapwatch.engine.base import BackendUnavailable
 from swapwatch.engine.cuda_probe import cuda_gpu
-from swapwatch.engine.metadata import EngineMetadata, file_sha256, read_metadata, write_metadata
+from swapwatch.engine.metadata import EngineMetadata, Precision, file_sha256, read_metadata, write_metadata
 from swapwatch.engine.trt_build import build_plan, import_tensorrt
 from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = "swapwatch-plan/1"
+PLAN_FORMAT: Final = "swapwatch-plan/1"
 DEFAULT_ROOT = Path("~/.cache/swapwatch/plans")
 ENV_ROOT = "SWAPWATCH_PLAN_CACHE"
 
@@ -77,7 +77,7 @@ class PlanDescriptor(StrictModel):
     tensorrt_version: str
     profile: BatchProfile
     input_size: int
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = "fp32"
     plan_sha256: str = Field(..., description="SHA-256 of the described file; guards against partial copies.")
     built_at: str = Field(..., description="ISO 8601 build time (informational).")
     workspace_bytes: int | None = Field(None, description="Builder workspace limit (informational).")
@@ -237,7 +237,7 @@ def new_descriptor(
     target: GpuTarget,
     profile: BatchProfile,
     input_size: int,
-    precision: Literal["fp32", "fp16", "int8"],
+    precision: Precision,
     kind: Literal["tensorrt-plan", "torch-tensorrt-program"] = "tensorrt-plan",
     workspace_bytes: int | None = None,
 ) -> PlanDescriptor:

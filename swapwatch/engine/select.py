@@ -30,7 +30,8 @@ from pydantic import Field, model_validator
 
 from swapwatch.config import StrictModel
 from swapwatch.engine.base import BackendUnavailable, Engine
-from swapwatch.engine.plan_cache import BatchProfile
+from swapwatch.engine.metadata import Precision
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def probe_environment(device: int = 0) -> Probe:
         probe.tensorrt = str(err)
         probe.cuda = "not probed (no TensorRT to use it with)"
         return probe
-    from swapwatch.engine.plan_cache import cuda_gpu
+    from swapwatch.engine.cuda_probe import cuda_gpu
 
     gpu = cuda_gpu(device)
     probe.cuda = None if gpu is not None else f"no CUDA GPU (device {device})"
@@ -128,7 +129,7 @@ def load_engine(
     *,
     profile: BatchProfile | None = None,
     workspace_bytes: int = 1 << 30,
-    precision: Literal["fp32", "fp16", "int8"] = "fp32",
+    precision: Precision = "fp32",
 ) -> Engine:
     """Open `path` (default: the embedded ONNX model) with `backend`; see the module docstring for auto.
 
@@ -179,7 +180,7 @@ def engine_from_config(cfg: EngineConfig) -> Engine:
 
 def _open(
     backend: str, path: Path | None, threads: int, device: int, plan_cache: str | Path | None,
-    profile: BatchProfile, workspace_bytes: int, precision: Literal["fp32", "fp16", "int8"],
+    profile: BatchProfile, workspace_bytes: int, precision: Precision,
 ) -> Engine:
     suffix = path.suffix.lower() if path is not None else ".onnx"
     if backend.startswith("onnxruntime"):

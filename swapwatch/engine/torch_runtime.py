@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from swapwatch.engine.base import Engine
-from swapwatch.engine.metadata import AlignmentSpec, EngineMetadata, file_sha256
+from swapwatch.engine.metadata import AlignmentSpec, EngineMetadata, Precision, file_sha256
 from swapwatch.errors import ConfigError, ModelFileError
+
+if TYPE_CHECKING:
+    from swapwatch.train.models.base import Detector, ScoreModel
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,11 @@ def checkpoint_crop_size(state: dict[str, Any]) -> int:
 
 
 def metadata_for_checkpoint(
-    model: Any,
+    model: Detector,
     state: dict[str, Any],
     checkpoint: Path,
     model_sha256: str,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     export: dict[str, Any] | None = None,
 ) -> EngineMetadata:
     """The metadata every engine made from `checkpoint` carries (only the hash, precision and export differ).
@@ -64,7 +67,7 @@ def metadata_for_checkpoint(
         alignment=AlignmentSpec(
             name="arcface5", size=crop_size, margin=margin, template=template_landmarks(crop_size, margin).tolist()
         ),
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         model_sha256=model_sha256,
         checkpoint=str(checkpoint),
         backbone=model.backbone_info(),
@@ -73,7 +76,7 @@ def metadata_for_checkpoint(
     )
 
 
-def load_score_module(checkpoint: Path) -> tuple[Any, Any, dict[str, Any]]:
+def load_score_module(checkpoint: Path) -> tuple[ScoreModel, Detector, dict[str, Any]]:
     """(folded ScoreModel in eval mode on the CPU, the detector, the checkpoint state)."""
     from swapwatch.train.loop import model_from_checkpoint
     from swapwatch.train.models.base import ScoreModel
@@ -114,11 +117,12 @@ class TorchEngine(Engine):
         self._init_preprocessing(path, meta)
         self.device = torch.device(dev)
         self.name = f"torch:{self.device.type}"
-        self.module = module.to(self.device)
+        self.module: ScoreModel | None = module.to(self.device)
         self.max_batch = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        assert self.module is not None  # infer() refuses a closed engine
         with torch.inference_mode():
             out = self.module(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()

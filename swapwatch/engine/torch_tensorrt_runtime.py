@@ -28,14 +28,13 @@ import inspect
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from swapwatch.engine.base import BackendUnavailable, Engine
-from swapwatch.engine.metadata import EngineMetadata, file_sha256, read_metadata, write_metadata
+from swapwatch.engine.metadata import EngineMetadata, Precision, file_sha256, read_metadata, write_metadata
 from swapwatch.engine.plan_cache import (
-    BatchProfile,
     GpuTarget,
     PlanCache,
     check_plan,
@@ -47,11 +46,11 @@ from swapwatch.engine.plan_cache import (
     write_descriptor,
 )
 from swapwatch.engine.trt_build import GPU_EXTRA, require_cuda
+from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "int8"]
 
 
 def import_torch_tensorrt() -> ModuleType:

@@ -84,7 +84,7 @@ def cuda_device_context(device: int) -> contextlib.AbstractContextManager[Any]:
 def make_logger(trt: ModuleType) -> Any:
     """A tensorrt.ILogger that forwards to Python logging and keeps the errors for our exceptions."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []

@@ -37,7 +37,8 @@ import yaml
 from pydantic import Field, create_model, model_validator
 
 from swapwatch.config import StrictModel, load_yaml, parse_config
-from swapwatch.engine.batcher import BatcherConfig
+from swapwatch.engine.batcher_config import BatcherConfig
+from swapwatch.engine.metadata import ScoreCalibration
 from swapwatch.engine.select import EngineConfig
 from swapwatch.errors import ConfigError
 from swapwatch.stream.faces.config import DetectorConfig
@@ -95,17 +96,19 @@ def _optional_fields(model: type[StrictModel]) -> dict[str, Any]:
     """Each field of `model` as optional (default None), keeping its type, bounds and description."""
     fields: dict[str, Any] = {}
     for name, info in model.model_fields.items():
-        annotated = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation  # type: ignore[valid-type]
+        base = info.annotation
+        assert base is not None  # pydantic sets the annotation of every field of a model class
+        annotated = Annotated[base, *info.metadata] if info.metadata else base
         fields[name] = (annotated | None, Field(None, description=info.description))
     return fields
 
 
-_SmoothingBase = create_model(  # type: ignore[call-overload]
+_SmoothingBase = create_model(
     "_SmoothingBase", __base__=StrictModel, **_optional_fields(SmoothingConfig)
 )
 
 
-class SmoothingOverrides(_SmoothingBase):  # type: ignore[misc, valid-type]
+class SmoothingOverrides(_SmoothingBase):
     """The per-track smoother's knobs (see swapwatch.stream.temporal.SmoothingConfig for each one).
 
     Every field is optional: unset thresholds come from the model's calibration (fpr_0.01 -> suspicious,
@@ -113,7 +116,7 @@ class SmoothingOverrides(_SmoothingBase):  # type: ignore[misc, valid-type]
     and the other knobs keep the smoother's defaults.
     """
 
-    def resolve(self, calibration: Any = None) -> SmoothingConfig:
+    def resolve(self, calibration: ScoreCalibration | None = None) -> SmoothingConfig:
         """The full SmoothingConfig for a model with score calibration `calibration` (ConfigError if inconsistent)."""
         values = self.model_dump(exclude_none=True)
         try:

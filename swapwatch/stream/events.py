@@ -22,7 +22,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
@@ -31,7 +31,7 @@ from swapwatch.stream.temporal import State, StreamVerdict, TrackState
 EventType = Literal["state", "summary", "stream"]
 SourceState = Literal["connecting", "live", "reconnecting", "failed", "ended"]
 SCHEMA_ID = "https://swapwatch.invalid/schemas/event-1.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 def utc_now() -> datetime:

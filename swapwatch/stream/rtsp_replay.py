@@ -374,7 +374,7 @@ class RtspServer:
         """True while the server (or publisher) process is alive."""
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> RtspServer:
+    def start(self) -> Self:
         """Start the process; for GStreamer, wait until it listens (~0.1 s, at most READY_TIMEOUT_S)."""
         if self.running:
             return self

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swapwatch.stream.config import MonitorConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(cfg, token if cfg.server.auth else None, args))
 
 
-async def _serve(cfg: Any, token: str | None, args: argparse.Namespace) -> int:
+async def _serve(cfg: MonitorConfig, token: str | None, args: argparse.Namespace) -> int:
     import asyncio
     import sys
 

@@ -25,7 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swapwatch.stream.config import MonitorConfig
+    from swapwatch.stream.worker import StreamReport
 
 # Static copy keeps `swapwatch --help` free of engine imports; the config validates the value again.
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch-tensorrt", "torch")
@@ -94,7 +98,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def resolved_thresholds_note(cfg: Any) -> str:
+def resolved_thresholds_note(cfg: MonitorConfig) -> str:
     """Comment lines saying which thresholds the smoother will use with the configured model (sidecar only)."""
     from swapwatch.engine.metadata import read_metadata
     from swapwatch.engine.onnx_runtime import default_model_path
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def stream_line(s: Any) -> str:
+def stream_line(s: StreamReport) -> str:
     """One stream's line of the final report (a `StreamReport`): counts and verdict, or why nothing came."""
     if s.frames == 0:
         why = s.error or s.last_error

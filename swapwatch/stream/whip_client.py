@@ -43,7 +43,7 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from swapwatch.errors import MediaError, SwapwatchError
 from swapwatch.media.video import open_video
@@ -199,8 +199,8 @@ class FileTrack(VideoStreamTrack):
 
     def _play_once(self, hand_over: Callable[[Any], bool], offset: float, interval: float) -> tuple[int, float | None]:
         """Decode the file once, handing frames over: how many, and the media time of the last one."""
-        width, height = self.size
-        scale = {"width": width, "height": height} if (width, height) != self.source_size else {}
+        # None keeps the decoded size (PyAV's reformat default)
+        width, height = self.size if self.size != self.source_size else (None, None)
         count = 0
         last: float | None = None
         first: float | None = None
@@ -214,9 +214,9 @@ class FileTrack(VideoStreamTrack):
                 first = t if first is None else first
                 rel = offset + (t - first)
                 if self.transform is not None:
-                    payload: Any = frame.to_ndarray(format="bgr24", **scale)
+                    payload: Any = frame.to_ndarray(format="bgr24", width=width, height=height)
                 else:
-                    payload = frame.reformat(format="yuv420p", **scale)
+                    payload = frame.reformat(format="yuv420p", width=width, height=height)
                 if not hand_over(_Item(payload, rel)):
                     break
                 count += 1
@@ -300,7 +300,7 @@ def _refusal(status: int, body: str) -> str:
 
 async def publish(
     url: str,
-    track: Any,
+    track: MediaStreamTrack,
     token: str | None = None,
     *,
     codec: str | None = None,

@@ -54,7 +54,8 @@ def fixed_pseudo_fake(generator: PseudoFakeGenerator, crop: np.ndarray, rec: Cro
 
 
 def to_tensor(img_bgr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    rgb = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    # float32 throughout (numpy's stubs widen these operators' result types, so no dtype in the annotation)
+    rgb: np.ndarray = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     rgb = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 

@@ -97,11 +97,14 @@ class DegradeConfig(StrictModel):
 
 def jpeg(img: np.ndarray, quality: float) -> np.ndarray:
     """Encode and decode as JPEG at `quality` (rounded, 1-100)."""
-    q = int(round(min(max(quality, 1.0), 100.0)))
+    q = round(min(max(quality, 1.0), 100.0))
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for an image of shape {img.shape}")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if out is None:
+        raise RuntimeError(f"JPEG decoding failed for an image of shape {img.shape}")
+    return out
 
 
 def blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -114,7 +117,7 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
 def downscale(img: np.ndarray, factor: float, down: int = cv2.INTER_AREA, up: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Resize by `factor` (<= 1) and back to the original size."""
     h, w = img.shape[:2]
-    sw, sh = max(1, int(round(w * factor))), max(1, int(round(h * factor)))
+    sw, sh = max(1, round(w * factor)), max(1, round(h * factor))
     if (sw, sh) == (w, h):
         return img.copy()
     small = cv2.resize(img, (sw, sh), interpolation=down)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_genuine(args)
     if args.holdout_of is not None:
         return _run_holdout(args)
+    source: SamplesSource | DatasetConfig
     if args.format == "samples":
         source = SamplesSource(split="all")
     elif args.data is not None:
@@ -229,7 +234,10 @@ def _print_genuine(args: argparse.Namespace, report, wall: float) -> None:  # no
     console.print(t)
 
     mt = Table(title="AUC per method (its fakes against all reals)")
-    for col, just in (("method", "left"), ("AUC", "right"), ("fakes", "right"), ("mean score", "right")):
+    method_columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("method", "left"), ("AUC", "right"), ("fakes", "right"), ("mean score", "right"),
+    )
+    for col, just in method_columns:
         mt.add_column(col, justify=just)
     for m in report.methods:
         mt.add_row(m.method, f(m.auc), f"{m.n_scored_fake}/{m.n_fake}", f(m.mean_score))
@@ -245,8 +253,11 @@ def _print_genuine(args: argparse.Namespace, report, wall: float) -> None:  # no
 
     if p.comparisons:
         pt = Table(title="pairs: fake vs its same-scene real")
-        for col, just in (("group", "left"), ("fake", "left"), ("real", "left"), ("fake score", "right"),
-                          ("real score", "right"), ("", "left")):
+        pair_columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("group", "left"), ("fake", "left"), ("real", "left"), ("fake score", "right"), ("real score", "right"),
+            ("", "left"),
+        )
+        for col, just in pair_columns:
             pt.add_column(col, justify=just, overflow="fold")
         for c in p.comparisons:
             verdict = "unscored" if c.win is None else {1.0: "won", 0.5: "tie", 0.0: "LOST"}[c.win]
@@ -254,8 +265,10 @@ def _print_genuine(args: argparse.Namespace, report, wall: float) -> None:  # no
         console.print(pt)
 
     it = Table(title="files by score")
-    for col, just in (("score", "right"), ("label", "left"), ("method", "left"), ("file", "left"),
-                      ("driven by", "left")):
+    item_columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("score", "right"), ("label", "left"), ("method", "left"), ("file", "left"), ("driven by", "left"),
+    )
+    for col, just in item_columns:
         it.add_column(col, justify=just, overflow="fold")
     for r in report.items:
         it.add_row(f(r.score), "fake" if r.item.label else "real", r.item.method, r.item.name,

@@ -8,6 +8,7 @@ in training and in the monitor. Optionally each real crop is also scored as a de
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ def evaluate(
             row: dict[str, float | None] = {}
             for level in levels:
                 sc = score_images(
-                    scorer, images, transform=lambda im, k=kind, lv=level: apply_degradation(im, k, lv),
+                    scorer, images, transform=functools.partial(apply_degradation, kind=kind, level=level),
                     batch_size=batch_size, desc=f"{kind} {level}",
                 )
                 row[str(level)] = compute_metrics(labels, sc.tolist()).auc

@@ -282,10 +282,11 @@ def win_share(fake_scores: Iterable[float], real_scores: Iterable[float]) -> flo
 
 
 def _split(rows: Iterable[ItemScore]) -> tuple[list[float], list[float]]:
-    fakes, reals = [], []
+    fakes: list[float] = []
+    reals: list[float] = []
     for r in rows:
-        if r.scored:
-            (fakes if r.item.label == 1 else reals).append(float(r.score))  # type: ignore[arg-type]
+        if r.scored and r.score is not None:  # scored implies a score; the second test narrows its type
+            (fakes if r.item.label == 1 else reals).append(float(r.score))
     return fakes, reals
 
 

@@ -175,7 +175,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
         sched.load_state_dict(state["scheduler"])
         step, best_auc = state["step"], state.get("best_auc")
         history, evals = state.get("history", []), state.get("evals", [])
-        if hasattr(model, "load_extra_state") and "extra" in state:
+        if "extra" in state:
             model.load_extra_state(state["extra"])
         log.info("resumed from %s at step %d", last_path, step)
 
@@ -190,7 +190,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> TrainResult:
             "best_auc": best_auc,
             "history": history,
             "evals": evals,
-            "extra": model.extra_state() if hasattr(model, "extra_state") else None,
+            "extra": model.extra_state(),
             "data_summary": {
                 "train_crops": len(train_recs),
                 "val_crops": len(val_recs),

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from swapwatch.errors import ModelFileError
+from swapwatch.media.onnx_session import resolve_providers, session_options
 from swapwatch.stream.faces.config import DetectorConfig
 from swapwatch.stream.faces.detector_base import check_image, keep_large_enough, scale_to_max_side
-from swapwatch.media.onnx_session import resolve_providers, session_options
 from swapwatch.stream.faces.types import Face
 
 EXPECTED_FOLDER = "a folder holding an InsightFace detection model such as det_10g.onnx or scrfd_*.onnx"

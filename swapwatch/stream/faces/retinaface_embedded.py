@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from swapwatch.errors import ModelFileError
+from swapwatch.media.onnx_session import make_session
 from swapwatch.stream.faces.config import DetectorConfig
 from swapwatch.stream.faces.detector_base import check_image, keep_large_enough, scale_to_max_side
-from swapwatch.media.onnx_session import make_session
 from swapwatch.stream.faces.types import Face
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -148,8 +148,8 @@ class EmbeddedRetinaFace:
         scores = scores[keep]
 
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        picked = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold)
-        picked = np.asarray(picked, dtype=np.int64).reshape(-1)
+        nms = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold)
+        picked = np.asarray(nms, dtype=np.int64).reshape(-1)
         picked = picked[np.argsort(-scores[picked], kind="stable")]
 
         h, w = image_bgr.shape[:2]

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
+from swapwatch.engine.base import Engine
 from swapwatch.errors import SwapwatchError
 from swapwatch.stream.faces.chain import face_input, to_input
 from swapwatch.stream.faces.detector import FaceDetector
@@ -56,7 +56,7 @@ class FaceStage:
     `engine` is only used for its `input_size`, its alignment margin and size, and `preprocess`.
     """
 
-    def __init__(self, detector: FaceDetector, engine: Any, detect_every: int = DETECT_EVERY_FRAME) -> None:
+    def __init__(self, detector: FaceDetector, engine: Engine, detect_every: int = DETECT_EVERY_FRAME) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         self.detector = detector

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from swapwatch.stream.scan.items import FaceFrame, FileEnd, FileStart
 NO_FACE = "no face found"
 
 
-def _r(x: float) -> float:
+def _r(x: SupportsFloat) -> float:
     return round(float(x), 5)
 
 
@@ -82,7 +82,7 @@ class FileResult:
         return {**base, "score": max(f["score"] for f in faces), "faces": len(faces), "detail": faces}
 
     def _video(self, base: dict[str, Any]) -> dict[str, Any]:
-        detail = []
+        detail: list[dict[str, Any]] = []
         errors = 0
         tracks: dict[int, list[float]] = {}
         for frame in self.frames:

@@ -42,9 +42,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from swapwatch.errors import SwapwatchError
 from swapwatch.stream.config import MonitorConfig
@@ -70,6 +71,9 @@ from swapwatch.stream.server.auth import (
 from swapwatch.stream.server.config import ServerConfig, is_loopback
 from swapwatch.stream.server.feed import FeedSink
 from swapwatch.stream.server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from swapwatch.stream.sources.base import Source
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("swapwatch.access")
@@ -122,7 +126,7 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _metrics_middleware(metrics: ServerMetrics) -> Any:
+def _metrics_middleware(metrics: ServerMetrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500
@@ -163,7 +167,7 @@ def host_header_is_loopback(value: str | None) -> bool:
     return bool(name) and is_loopback(name)
 
 
-def _loopback_only_middleware(origins: frozenset[str]) -> Any:
+def _loopback_only_middleware(origins: frozenset[str]) -> Middleware:
     """Authentication off: answer only requests addressed to a loopback name, and let no other web page
     change anything. Without a token, the Host header and the Origin are all that tell a local client
     from a page on the web: a page whose name resolves to 127.0.0.1 (DNS rebinding) sends its own name
@@ -209,7 +213,7 @@ async def unexpected_errors(request: web.Request, handler: Handler) -> web.Strea
         )
 
 
-def _cors_middleware(origins: frozenset[str]) -> Any:
+def _cors_middleware(origins: frozenset[str]) -> Middleware:
     def allowed(request: web.Request, origin: str) -> bool:
         return _origin_allowed(request, origin, origins)
 
@@ -249,7 +253,7 @@ def _cors_middleware(origins: frozenset[str]) -> Any:
     return middleware
 
 
-def _size_middleware(limit: int) -> Any:
+def _size_middleware(limit: int) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         length = request.content_length
@@ -304,7 +308,7 @@ async def healthz(request: web.Request) -> web.Response:
         reasons.append("monitor stopping" if monitor.stopping else "monitor not ready")
     if lag_ms > state.server.healthz_max_lag_ms or stale:
         reasons.append(f"event loop lagging ({lag_ms:.0f} ms)")
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if not reasons else "unavailable",
         "streams": sum(1 for n in monitor.stream_names() if monitor.stream_status(n).get("running")),
         "engine": monitor.engine.name if monitor.engine is not None else None,
@@ -425,7 +429,7 @@ def _add_whip(app: web.Application, monitor: Monitor, server: ServerConfig) -> N
     from swapwatch.errors import ConfigError
     from swapwatch.stream.server.whip import StreamRejected, add_whip_routes
 
-    async def on_source(source: Any) -> str:
+    async def on_source(source: Source) -> str:
         try:
             return await monitor.add_source(source, limit=server.max_streams)
         except ConfigError as err:  # the name is taken by a running stream

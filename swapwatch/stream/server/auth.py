@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 
 from swapwatch.stream.redact import log_text
 from swapwatch.stream.sources.config import MASK, SECRET_QUERY_KEYS
@@ -113,7 +114,7 @@ def auth_middleware(
     protected: Callable[[web.Request], bool],
     ticket_ok: Callable[[web.Request], bool],
     on_failure: Callable[[web.Request], None] | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Middleware: requests for which `protected(request)` is true need the token (or, where
     `ticket_ok(request)`, a valid `?ticket=`). CORS preflights never reach it (the CORS middleware
     answers them first), since browsers send no credentials on a preflight."""

@@ -24,7 +24,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
@@ -32,6 +32,9 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from swapwatch.config import StrictModel
 from swapwatch.stream.server.network_policy import DEFAULT_DENIED_NETWORKS
 from swapwatch.stream.sources.ffmpeg_options import API_FORBIDDEN_OPTIONS
+
+if TYPE_CHECKING:
+    from swapwatch.stream.server.whip import WhipConfig
 
 ENV_TOKEN = "SWAPWATCH_TOKEN"
 """Environment variable holding the API/WHIP bearer token."""
@@ -50,6 +53,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def _default_allowed_kinds() -> list[SourceKindName]:
+    return ["file", "rtsp", "http"]
 
 
 class ServerConfig(StrictModel):
@@ -115,7 +122,7 @@ class ServerConfig(StrictModel):
         False, description="Serve /metrics without the token (for a Prometheus that cannot send one)."
     )
     allowed_kinds: list[SourceKindName] = Field(
-        default_factory=lambda: ["file", "rtsp", "http"],
+        default_factory=_default_allowed_kinds,
         description="Source kinds POST /api/streams may add (file, rtsp, http, webcam).",
     )
     file_roots: list[Path] = Field(
@@ -193,7 +200,7 @@ class ServerConfig(StrictModel):
             out.append(f"{parts.scheme}://{parts.netloc.lower()}")
         return out
 
-    def whip_config(self) -> Any:
+    def whip_config(self) -> WhipConfig:
         """The `whip` section as a validated WhipConfig (imports the WebRTC stack); ConfigError names the field."""
         from swapwatch.config import parse_config
         from swapwatch.stream.server.whip import WhipConfig

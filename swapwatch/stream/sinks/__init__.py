@@ -371,9 +371,9 @@ def build_sinks(config: SinksConfig, *, smoothing: SmoothingConfig | None = None
         events_path = config.jsonl.path if config.jsonl is not None else None
         sinks.append(WebhookSink(hook, outbox_path=default_outbox_path(events_path), metrics=metrics))
     if config.console is not None:
-        from swapwatch.stream.sinks.console import ConsoleSink
-
         from rich.console import Console
+
+        from swapwatch.stream.sinks.console import ConsoleSink
 
         # Events on stdout (`--events -`) keep stdout to JSON lines: the console view moves to stderr.
         events_on_stdout = config.jsonl is not None and config.jsonl.path == "-"

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from swapwatch.config import StrictModel
 from swapwatch.stream.events import Event
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+    from rich.table import Table
+    from rich.text import Text
 
 STATE_STYLE = {"clear": "green", "suspicious": "dark_orange", "alert": "bold red"}
 WIDE_TABLE = 112
@@ -130,7 +135,7 @@ class ConsoleSink:
             f"fps {_fmt(row.fps, '.1f')} latency {_fmt(row.latency_ms, '.0f')} ms top {_fmt(row.score, '.3f')}"
         )
 
-    def table(self) -> Any:
+    def table(self) -> Table:
         """The rich Table of all streams, as wide as the console allows (see the module docstring)."""
         from rich.table import Table
         from rich.text import Text
@@ -142,15 +147,20 @@ class ConsoleSink:
         spare = self.console.width - WIDE_TABLE if wide else 0  # longer stream names where the terminal allows
         t.add_column("stream", max_width=min(2 * STREAM_COLUMN_MAX, STREAM_COLUMN_MAX + spare), no_wrap=True,
                      overflow="ellipsis")
-        for col, justify in (("source", "left"), ("state", "left"), ("faces", "right"), ("fps", "right"),
-                             ("latency", "right"), ("score", "right"), ("alerts", "right")):
-            t.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("source", "left"), ("state", "left"), ("faces", "right"), ("fps", "right"), ("latency", "right"),
+            ("score", "right"), ("alerts", "right"),
+        )
+        for col, justify in columns:
+            t.add_column(col, justify=justify, no_wrap=True)
         if wide:
             t.add_column("last change", no_wrap=True, overflow="ellipsis")
         for row in self.rows.values():
             latency = "-" if row.latency_ms is None else f"{row.latency_ms:.0f} ms"
-            cells = [Text(row.stream), row.source_state, Text(row.state, style=STATE_STYLE.get(row.state, "")),
-                     str(row.tracks), _fmt(row.fps, ".1f"), latency, _fmt(row.score, ".3f"), str(row.alerts)]
+            cells: list[Text | str] = [
+                Text(row.stream), row.source_state, Text(row.state, style=STATE_STYLE.get(row.state, "")),
+                str(row.tracks), _fmt(row.fps, ".1f"), latency, _fmt(row.score, ".3f"), str(row.alerts),
+            ]
             t.add_row(*cells, *([row.last_change] if wide else []))
         return t
 

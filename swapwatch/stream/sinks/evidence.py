@@ -74,6 +74,10 @@ def failure_reason(err: BaseException) -> str:
     return "write_error"
 
 
+def _default_on_states() -> list[State]:
+    return ["alert"]
+
+
 class EvidenceConfig(StrictModel):
     """Evidence written for each alert."""
 
@@ -81,7 +85,7 @@ class EvidenceConfig(StrictModel):
     pre_s: float = Field(3.0, ge=0, description="Seconds of video before the alert in the clip.")
     post_s: float = Field(3.0, ge=0, description="Seconds of video after the alert in the clip.")
     on_states: list[State] = Field(
-        default_factory=lambda: ["alert"], description="States whose rise (a state event entering them) gets evidence."
+        default_factory=_default_on_states, description="States whose rise (a state event entering them) gets evidence."
     )
     max_side: int = Field(
         640, ge=32, description="Ring-buffer frames are downscaled so the longer side is at most this."
@@ -156,6 +160,16 @@ def safe_name(text: str) -> str:
     '.', '..' or a hidden folder); 'stream' when `text` is empty."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", text[:128])
     return "_" + name[1:] if name.startswith(".") else name or "stream"
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    """A buffered frame's BGR pixels (the ring holds JPEGs this sink encoded itself)."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"a buffered frame's JPEG ({len(data)} bytes) does not decode")
+    return img
 
 
 def crop_face(frame: np.ndarray, box: Sequence[float], margin: float, scale: float = 1.0) -> np.ndarray | None:
@@ -450,8 +464,7 @@ class EvidenceSink:
             writer = VideoWriter(staging / "clip.mp4", crf=c.crf, preset=c.preset, fps=c.fps)
             try:
                 for f in frames:
-                    img = cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR)
-                    writer.write(img, f.pts)
+                    writer.write(_decode_jpeg(f.jpeg), f.pts)
             finally:
                 writer.close()
             entry.update(
@@ -464,8 +477,7 @@ class EvidenceSink:
         snapshot = job.snapshot
         if snapshot is None and frames and job.box is not None:
             nearest = min(frames, key=lambda f: abs(f.pts - job.alert_pts))
-            img = cv2.imdecode(np.frombuffer(nearest.jpeg, np.uint8), cv2.IMREAD_COLOR)
-            snapshot = crop_face(img, job.box, c.snapshot_margin, nearest.scale)
+            snapshot = crop_face(_decode_jpeg(nearest.jpeg), job.box, c.snapshot_margin, nearest.scale)
         if snapshot is not None:
             ok, png = cv2.imencode(".png", snapshot)
             if not ok:  # pragma: no cover - only for invalid arrays

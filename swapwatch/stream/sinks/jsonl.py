@@ -28,13 +28,17 @@ from swapwatch.errors import SwapwatchError
 from swapwatch.stream.events import Event, EventType
 
 
+def _default_types() -> list[EventType]:
+    return ["state", "summary", "stream"]
+
+
 class JsonlConfig(StrictModel):
     """The JSON-lines event file."""
 
     path: str = Field(..., description="File the events are appended to, one JSON object per line; '-' for stdout.")
     append: bool = Field(True, description="Append to an existing file (false: truncate it at start).")
     types: list[EventType] = Field(
-        default_factory=lambda: ["state", "summary", "stream"], description="Event types written (others skipped)."
+        default_factory=_default_types, description="Event types written (others skipped)."
     )
     fsync: bool = Field(False, description="fsync after every line (survives power loss; one disk sync per event).")
 

@@ -72,12 +72,16 @@ DEFAULT_OUTBOX = "swapwatch-webhooks.sqlite"
 T = TypeVar("T")
 
 
+def _default_types() -> list[EventType]:
+    return ["state", "stream"]
+
+
 class WebhookConfig(StrictModel):
     """One webhook receiver."""
 
     url: str = Field(..., description="http:// or https:// URL the events are POSTed to as application/json.")
     types: list[EventType] = Field(
-        default_factory=lambda: ["state", "stream"],
+        default_factory=_default_types,
         description="Event types sent (summaries are periodic and chatty, so off by default).",
     )
     outbox: str | None = Field(

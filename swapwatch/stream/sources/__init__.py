@@ -40,13 +40,13 @@ from swapwatch.stream.sources.base import (
 from swapwatch.stream.sources.config import (
     ReconnectConfig,
     SourceConfig,
-    SourceKind,
     default_name,
     detect_kind,
     mask_url,
     redact,
 )
 from swapwatch.stream.sources.frames import Frame, FramePolicy, FrameQueue
+from swapwatch.stream.sources.kinds import SourceKind
 from swapwatch.stream.sources.pyav_source import (
     PyAVSource,
     build_options,

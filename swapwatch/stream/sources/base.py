@@ -34,7 +34,7 @@ from typing import Any, Literal, Self
 import numpy as np
 
 from swapwatch.stream.redact import log_text
-from swapwatch.stream.sources.config import SourceConfig, SourceKind
+from swapwatch.stream.sources.config import SourceConfig
 from swapwatch.stream.sources.errors import (
     SourceAuthError,
     SourceCorruptError,
@@ -47,6 +47,7 @@ from swapwatch.stream.sources.errors import (
     SourceUnreachableError,
 )
 from swapwatch.stream.sources.frames import Frame, FramePolicy, FrameQueue
+from swapwatch.stream.sources.kinds import SourceKind
 from swapwatch.stream.sources.reconnect import Backoff, Session, supervise
 
 # The errors are defined in errors.py, so that reconnect.py can raise them without importing this module,

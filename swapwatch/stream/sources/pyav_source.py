@@ -45,8 +45,9 @@ from swapwatch.stream.sources.base import (
     SourceTruncatedError,
     SourceUnreachableError,
 )
-from swapwatch.stream.sources.config import SourceConfig, SourceKind, file_path, redact
+from swapwatch.stream.sources.config import SourceConfig, file_path, redact
 from swapwatch.stream.sources.ffmpeg_options import KIND_PROTOCOLS
+from swapwatch.stream.sources.kinds import SourceKind
 from swapwatch.stream.sources.reconnect import Session
 
 log = logging.getLogger(__name__)

@@ -45,10 +45,12 @@ from typing import TYPE_CHECKING
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
 
 from swapwatch.media.video import to_bgr
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source
 from swapwatch.stream.sources.config import SourceConfig
+from swapwatch.stream.sources.errors import SourceError
 from swapwatch.stream.sources.frames import Frame
 
 if TYPE_CHECKING:
@@ -178,6 +180,10 @@ class WebRTCSource(Source):
                 vframe = await self.track.recv()
             except MediaStreamError:
                 self._set_state("ended", "the peer stopped sending video (track ended)")
+                return
+            if not isinstance(vframe, VideoFrame):  # a video track's recv() yields decoded video frames
+                why = f"the track yielded a {type(vframe).__name__}, not a video frame"
+                self._set_state("failed", why, SourceError(self.url, why))
                 return
             received, wall = time.monotonic(), time.time()
             if self._state == "connecting":

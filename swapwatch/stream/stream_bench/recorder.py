@@ -17,9 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swapwatch.stream.glass_stamp import read_stamp
+
+if TYPE_CHECKING:
+    from swapwatch.stream.sources.base import Source
+    from swapwatch.stream.sources.frames import Frame
+    from swapwatch.stream.worker import FrameReport
 
 STAGE_ORDER: tuple[str, ...] = ("receive", "decode", "queue", "detect", "batch_wait", "infer", "smooth", "other")
 """The parts of glass-to-score, in order: they add up to it (`other`: what no stage covers, e.g. hops)."""
@@ -106,7 +111,7 @@ class GlassSource:
     `stamped=False` (file transport): no stamp is read; the sequence number is the frame index.
     """
 
-    def __init__(self, inner: Any, recorder: FrameRecorder, *, stamped: bool = True) -> None:
+    def __init__(self, inner: Source, recorder: FrameRecorder, *, stamped: bool = True) -> None:
         self._inner = inner
         self._recorder = recorder
         self._stamped = stamped
@@ -115,7 +120,7 @@ class GlassSource:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def frames(self) -> AsyncIterator[Any]:
+    async def frames(self) -> AsyncIterator[Frame]:
         marks = self._marks
         async for frame in self._inner.frames():
             marks.seen += 1
@@ -148,7 +153,7 @@ class FrameRecorder:
         marks = self.streams[stream] = StreamMarks()
         return marks
 
-    def __call__(self, report: Any) -> None:
+    def __call__(self, report: FrameReport) -> None:
         done = time.monotonic()
         marks = self.streams.get(report.stream)
         if marks is None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,6 +44,11 @@ from swapwatch.stream.stream_bench.transports import (
     process_cpu_s,
 )
 from swapwatch.strict_json import json_safe
+
+if TYPE_CHECKING:
+    from swapwatch.engine.base import Engine
+    from swapwatch.stream.config import MonitorConfig
+    from swapwatch.stream.faces.detector import FaceDetector
 
 
 @dataclass
@@ -149,8 +154,8 @@ class StreamBench:
         return result
 
     async def _one_run(
-        self, cfg: Any, engine: Any, detector: Any, transport: Transport, inputs: list[BenchInput], copies: int,
-        ceiling_files: list[Path],
+        self, cfg: MonitorConfig, engine: Engine, detector: FaceDetector, transport: Transport,
+        inputs: list[BenchInput], copies: int, ceiling_files: list[Path],
     ) -> tuple[dict[str, Any], list[FrameRecord], float]:
         from swapwatch.stream.pipeline import Monitor
 

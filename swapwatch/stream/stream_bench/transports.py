@@ -30,10 +30,13 @@ import socket
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swapwatch.errors import SwapwatchError
 from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, raw_frames
+
+if TYPE_CHECKING:
+    from swapwatch.stream.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +64,17 @@ class Transport(ABC):
         self.seconds_needed = seconds_needed
         self.queue_size = queue_size
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Prepare and start the senders (once per benchmark)."""
 
     @abstractmethod
-    async def open(self, copies: int) -> list[Any]:
+    async def open(self, copies: int) -> list[Source]:
         """`copies` sources per input for one run, named `<input>-<k>` (not started)."""
 
-    async def close_run(self) -> None:
+    async def close_run(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what `open` created once the run's monitor has stopped."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Stop the senders."""
 
     def sender_cpu_s(self) -> float | None:
@@ -111,7 +114,7 @@ class RtspTransport(Transport):
                 raise TransportUnavailable(f"the RTSP server for {item.source} did not start: {err}") from None
             self.servers.append(server)
 
-    async def open(self, copies: int) -> list[Any]:
+    async def open(self, copies: int) -> list[Source]:
         from swapwatch.stream.sources import SourceConfig, open_source
 
         return [
@@ -127,7 +130,8 @@ class RtspTransport(Transport):
 
     def sender_cpu_s(self) -> float | None:
         values = [s.cpu_seconds() for s in self.servers]
-        return None if any(v is None for v in values) else float(sum(values))  # type: ignore[arg-type]
+        known = [v for v in values if v is not None]
+        return float(sum(known)) if len(known) == len(values) else None
 
 
 class FileTransport(Transport):
@@ -143,7 +147,7 @@ class FileTransport(Transport):
         for item in self.inputs:
             self.files.append(await asyncio.to_thread(encoded_file, item, self.workdir / "encoded", self.seconds_needed))
 
-    async def open(self, copies: int) -> list[Any]:
+    async def open(self, copies: int) -> list[Source]:
         from swapwatch.stream.sources import SourceConfig, open_source
 
         return [
@@ -173,7 +177,7 @@ class WebRtcTransport(Transport):
         self.runner: Any = None
         self.url = ""
         self.senders: list[asyncio.subprocess.Process] = []
-        self.arrived: dict[str, Any] = {}
+        self.arrived: dict[str, Source] = {}
         self._arrival = asyncio.Event()
 
     async def start(self) -> None:
@@ -185,7 +189,7 @@ class WebRtcTransport(Transport):
             raise TransportUnavailable(f"--via webrtc needs aiortc and aiohttp ({err}); install swapwatch's "
                                        "dependencies again") from None
 
-        async def on_source(source: Any) -> str:
+        async def on_source(source: Source) -> str:
             self.arrived[source.name] = source
             self._arrival.set()
             return str(source.name)
@@ -203,7 +207,7 @@ class WebRtcTransport(Transport):
         await web.TCPSite(self.runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}/whip"
 
-    async def open(self, copies: int) -> list[Any]:
+    async def open(self, copies: int) -> list[Source]:
         names: list[str] = []
         for item in self.inputs:
             batch = [f"{item.name}-{k}" for k in range(1, copies + 1)]

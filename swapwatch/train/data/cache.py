@@ -411,9 +411,9 @@ def build_face_cache(
         folder = crop_folder(item)
         owner = owners.get(folder)
         if owner is not None and owner != key:
-            reason = f"its crop folder {folder} already holds crops of {owner} (same dataset and video_id)"
-            log.warning("%s: skipped: %s", item.path, reason)
-            report.skipped.append(SkippedItem(item.path, reason))
+            clash = f"its crop folder {folder} already holds crops of {owner} (same dataset and video_id)"
+            log.warning("%s: skipped: %s", item.path, clash)
+            report.skipped.append(SkippedItem(item.path, clash))
             continue
         records, reason = _cache_item(item, root, pipe, cfg, report)
         if records:

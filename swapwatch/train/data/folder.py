@@ -18,7 +18,7 @@ from pathlib import Path
 from swapwatch.errors import DatasetLayoutError
 from swapwatch.media.files import is_video, media_files
 from swapwatch.train.data.config import DatasetConfig
-from swapwatch.train.data.items import FAKE, REAL, SPLITS, MediaItem, relative_id, train_or_val
+from swapwatch.train.data.items import FAKE, REAL, SPLITS, MediaItem, MediaKind, relative_id, train_or_val
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _class_items(root: Path, class_dir: Path, label: int, split: str | None, cfg
     for path in media_files(class_dir):
         rel = path.relative_to(class_dir)
         source = rel.parts[0] if len(rel.parts) > 1 else class_dir.name
-        kind = "video" if is_video(path) else "image"
+        kind: MediaKind = "video" if is_video(path) else "image"
         video_id = relative_id(root, path)
         if split is not None:
             item_split = split

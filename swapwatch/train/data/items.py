@@ -13,6 +13,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 REAL = 0
 FAKE = 1
 
+MediaKind = Literal["video", "image"]
+
 
 @dataclass(frozen=True)
 class MediaItem:
@@ -29,7 +31,7 @@ class MediaItem:
     split: str
     dataset: str
     source: str
-    kind: Literal["video", "image"]
+    kind: MediaKind
 
     def __post_init__(self) -> None:
         if self.label not in (REAL, FAKE):

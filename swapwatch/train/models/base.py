@@ -45,6 +45,13 @@ class Detector(nn.Module):
     def on_after_backward(self, step: int) -> None:
         """Hook run by the training loop after backward and before the optimizer step."""
 
+    def extra_state(self) -> object:
+        """What a checkpoint keeps beside the state dict (its "extra" entry). Default: None, nothing."""
+        return None
+
+    def load_extra_state(self, extra: object) -> None:
+        """Restore what `extra_state` returned, when resuming from a checkpoint. Default: nothing to do."""
+
     def backbone_info(self) -> dict[str, object]:
         """Name, pretrained flag and weights source of the backbone, for checkpoints and engine metadata."""
         return {

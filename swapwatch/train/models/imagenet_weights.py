@@ -31,18 +31,18 @@ from torch import nn
 from swapwatch.errors import ModelFileError
 
 __all__ = [
-    "EFFICIENTNET_LITE_VARIANTS",
     "EFFICIENTNET_LITE_MEAN",
     "EFFICIENTNET_LITE_STD",
+    "EFFICIENTNET_LITE_VARIANTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "efficientnet_lite_arch",
-    "efficientnet_lite_wheel",
-    "efficientnet_lite_weights_path",
-    "efficientnet_lite_state_dict",
-    "mobilenet_v2_weights_path",
-    "mobilenet_v2_state_dict",
     "MOBILENET_V2_WHEEL",
+    "efficientnet_lite_arch",
+    "efficientnet_lite_state_dict",
+    "efficientnet_lite_weights_path",
+    "efficientnet_lite_wheel",
+    "mobilenet_v2_state_dict",
+    "mobilenet_v2_weights_path",
 ]
 
 EFFICIENTNET_LITE_VARIANTS = (0, 1, 2)
@@ -107,7 +107,7 @@ def _package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _check_hash(path: Path, expected: str) -> None:
@@ -155,7 +155,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise ModelFileError(path, f"a readable torch state dict ({type(err).__name__}: {err})")
+        raise ModelFileError(path, f"a readable torch state dict ({type(err).__name__}: {err})") from err
     if not isinstance(raw, dict):
         raise ModelFileError(path, f"a state dict, got {type(raw).__name__}")
     return {str(k): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
@@ -195,7 +195,9 @@ def efficientnet_lite_state_dict(variant: int) -> dict[str, torch.Tensor]:
     path = efficientnet_lite_weights_path(variant)
     src = _read(path)
     model = timm.create_model(efficientnet_lite_arch(variant), pretrained=False)
-    block_names = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    # `blocks`: a Sequential of stage Sequentials (timm types create_model() as returning a bare nn.Module)
+    stages = enumerate(model.blocks)  # type: ignore[arg-type]
+    block_names = [f"blocks.{s}.{i}" for s, stage in stages for i in range(len(stage))]
     expanded = {k.split(".")[1] for k in src if k.startswith("_blocks.") and "._expand_conv." in k}
     out: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []

@@ -32,7 +32,8 @@ checkpoint resumes the mask exactly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Self, overload
 
 import torch
 from pydantic import Field
@@ -41,7 +42,7 @@ from torch import nn
 from swapwatch.config import StrictModel
 from swapwatch.train.models.svd_layers import SVDLayer
 
-__all__ = ["LayerMaskConfig", "LayerMask"]
+__all__ = ["LayerMask", "LayerMaskConfig"]
 
 
 class LayerMaskConfig(StrictModel):
@@ -74,6 +75,11 @@ class LayerMask(nn.Module):
     `ema_g_{i}_{t}` / `ema_g2_{i}_{t}`. The layers themselves are held in a plain list (not registered),
     so the mask adds no parameters and no duplicate state-dict entries to its owner.
     """
+
+    # Declared for the type checker: registered in __init__ (buffers go through nn.Module.__getattr__).
+    active: torch.Tensor
+    snr: torch.Tensor
+    num_updates: torch.Tensor
 
     def __init__(self, layers: Sequence[tuple[str, SVDLayer]], cfg: LayerMaskConfig) -> None:
         super().__init__()
@@ -166,9 +172,26 @@ class LayerMask(nn.Module):
         w = self.cfg.warmup_steps
         return step >= w and (step - w) % self.cfg.interval == 0
 
+    @overload
+    def apply(self, fn: Callable[[nn.Module], None]) -> Self: ...
+
+    @overload
+    def apply(self, step: int, /) -> None: ...
+
+    def apply(self, fn: Callable[[nn.Module], None] | int) -> Self | None:
+        """`apply(step)`: update statistics, re-select when due, then drop the gradients of inactive units
+        (grad=None).
+
+        `apply(fn)` with a function is nn.Module.apply: the owner's `.apply(fn)` reaches the mask as one of
+        its children, and must not be taken for a training step.
+        """
+        if callable(fn):
+            return super().apply(fn)
+        self._gate(fn)
+        return None
+
     @torch.no_grad()
-    def apply(self, step: int) -> None:
-        """Update statistics, re-select when due, then drop the gradients of inactive units (grad=None)."""
+    def _gate(self, step: int) -> None:
         if not self.cfg.enabled or not self.units:
             return
         self.update_statistics()

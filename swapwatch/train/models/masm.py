@@ -49,9 +49,9 @@ from swapwatch.train.models.layer_mask import LayerMask, LayerMaskConfig
 from swapwatch.train.models.svd_layers import SVDConfig, SVDLayer, decompose, fold, svd_layers
 
 __all__ = [
+    "LAYER_PRESETS",
     "MASMConfig",
     "MASMDetector",
-    "LAYER_PRESETS",
     "layer_predicate",
     "orthogonality_loss",
     "spectral_loss",
@@ -237,11 +237,11 @@ class MASMDetector(Detector):
     def orthogonality_loss(self) -> torch.Tensor:
         """Mean over decomposed layers of `orthogonality_loss(layer)`."""
         layers = self.svd_modules()
-        return torch.stack([orthogonality_loss(l, self.cfg.orth_self) for l in layers]).mean()
+        return torch.stack([orthogonality_loss(layer, self.cfg.orth_self) for layer in layers]).mean()
 
     def spectral_loss(self) -> torch.Tensor:
         """Mean over decomposed layers of `spectral_loss(layer)`."""
-        return torch.stack([spectral_loss(l) for l in self.svd_modules()]).mean()
+        return torch.stack([spectral_loss(layer) for layer in self.svd_modules()]).mean()
 
     def mask_state(self) -> dict[str, list[bool]]:
         """Layer name -> active flag per artifact subspace (for logging)."""
@@ -250,7 +250,7 @@ class MASMDetector(Detector):
     def mask_summary(self) -> dict[str, float]:
         return self.mask.summary()
 
-    def train(self, mode: bool = True) -> "MASMDetector":
+    def train(self, mode: bool = True) -> MASMDetector:
         """As nn.Module.train, but with freeze_non_svd the backbone's BatchNorms stay in eval mode."""
         super().train(mode)
         if mode and self.cfg.freeze_non_svd:

@@ -39,8 +39,8 @@ Defaults and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +50,14 @@ from torch import nn
 from swapwatch.config import StrictModel
 
 __all__ = [
-    "SVDConfig",
     "RankPlan",
-    "plan_ranks",
+    "SVDConfig",
+    "SVDConv2d",
     "SVDLayer",
     "SVDLinear",
-    "SVDConv2d",
     "decompose",
     "fold",
+    "plan_ranks",
     "svd_layers",
 ]
 
@@ -150,6 +150,16 @@ class SVDLayer(nn.Module):
     Parameters: `U[j]` (m, k), `S[j]` (k,), `V[j]` (n, k) for j < K, and `bias` (kept, trainable per cfg).
     """
 
+    # Declared for the type checker: registered in `_init_split` (buffers go through nn.Module.__getattr__).
+    plan: RankPlan
+    weight_frozen: torch.Tensor
+    principal_U: torch.Tensor
+    principal_V: torch.Tensor
+    init_S: torch.Tensor
+    init_norm: torch.Tensor
+    mean_sq_singular: torch.Tensor
+    bias: nn.Parameter | None
+
     def _init_split(
         self, weight2d: torch.Tensor, bias: torch.Tensor | None, plan: RankPlan, train_bias: bool
     ) -> None:
@@ -218,7 +228,7 @@ class SVDLinear(SVDLayer):
         self._init_split(linear.weight, linear.bias, plan, train_bias)
 
     @property
-    def weight(self) -> torch.Tensor:  # type: ignore[override]
+    def weight(self) -> torch.Tensor:
         return self.weight2d()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,6 +254,11 @@ class SVDLinear(SVDLayer):
         )
 
 
+def _pair(values: tuple[int, ...]) -> tuple[int, int]:
+    a, b = values
+    return a, b
+
+
 class SVDConv2d(SVDLayer):
     """Drop-in for nn.Conv2d; the weight (out, in/g, kh, kw) is split as an out x (in/g*kh*kw) matrix."""
 
@@ -251,17 +266,18 @@ class SVDConv2d(SVDLayer):
         super().__init__()
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
-        self.kernel_size = conv.kernel_size
-        self.stride = conv.stride
-        self.padding = conv.padding
-        self.dilation = conv.dilation
+        # nn.Conv2d stores these as 2-tuples (typed tuple[int, ...] by its _ConvNd base)
+        self.kernel_size = _pair(conv.kernel_size)
+        self.stride = _pair(conv.stride)
+        self.padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+        self.dilation = _pair(conv.dilation)
         self.groups = conv.groups
         self.padding_mode = conv.padding_mode
         self._reversed_padding_repeated_twice = list(conv._reversed_padding_repeated_twice)
         self._init_split(conv.weight.reshape(conv.out_channels, -1), conv.bias, plan, train_bias)
 
     @property
-    def weight(self) -> torch.Tensor:  # type: ignore[override]
+    def weight(self) -> torch.Tensor:
         return self.weight2d().reshape(
             self.out_channels, self.in_channels // self.groups, *self.kernel_size
         )
@@ -291,7 +307,7 @@ class SVDConv2d(SVDLayer):
         )
         with torch.no_grad():
             out.weight.copy_(self.weight)
-            if self.bias is not None:
+            if self.bias is not None and out.bias is not None:  # both or neither (bias= above)
                 out.bias.copy_(self.bias)
         return out
 

@@ -67,14 +67,14 @@ class WholeSynthConfig(StrictModel):
 def add_grain(img: np.ndarray, rng: np.random.Generator, cfg: CleanFaceConfig) -> np.ndarray:
     """Sensor noise (grey or colour) and an optional JPEG pass: what a camera and a codec leave."""
     sigma = float(rng.uniform(*cfg.context_noise))
-    shape = img.shape if rng.random() < cfg.chroma_noise_prob else img.shape[:2] + (1,)
+    shape = img.shape if rng.random() < cfg.chroma_noise_prob else (*img.shape[:2], 1)
     noisy = img.astype(np.float32) + rng.normal(0.0, sigma, size=shape).astype(np.float32)
-    out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     if rng.random() < cfg.context_jpeg_prob:
         q = int(rng.uniform(*cfg.context_jpeg))
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
-        if ok:
-            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        out = out if decoded is None else decoded
     return out
 
 
@@ -83,7 +83,7 @@ def restore(img: np.ndarray, rng: np.random.Generator, cfg: CleanFaceConfig) -> 
     size = img.shape[0]
     out = img
     if rng.random() < cfg.render_prob:
-        side = max(32, int(round(size * rng.uniform(*cfg.render_scale))))
+        side = max(32, round(size * rng.uniform(*cfg.render_scale)))
         small = cv2.resize(out, (side, side), interpolation=cv2.INTER_AREA)
         out = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
     if rng.random() < cfg.edge_preserving_prob:

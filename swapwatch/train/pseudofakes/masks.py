@@ -182,8 +182,8 @@ def _random_similarity(points: np.ndarray, centre: np.ndarray, iod: float, rng: 
 def _elastic(mask: np.ndarray, iod: float, rng: np.random.Generator, cfg: MaskConfig) -> np.ndarray:
     size = mask.shape[0]
     g = int(rng.integers(cfg.elastic_grid[0], cfg.elastic_grid[1] + 1))
-    disp = rng.normal(0.0, cfg.elastic_magnitude * iod, size=(g, g, 2)).astype(np.float32)
-    disp = cv2.resize(disp, (size, size), interpolation=cv2.INTER_CUBIC)
+    coarse = rng.normal(0.0, cfg.elastic_magnitude * iod, size=(g, g, 2)).astype(np.float32)
+    disp = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
     xs, ys = _pixel_grid(size)
     return cv2.remap(mask, xs + disp[..., 0], ys + disp[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -197,7 +197,7 @@ def _deformed_mask(points: np.ndarray, lm: np.ndarray, iod: float, size: int, rn
     if rng.random() < cfg.elastic_prob and cfg.elastic_magnitude > 0:
         mask = _elastic(mask, iod, rng, cfg)
     if rng.random() < cfg.morph_prob:
-        k = max(1, int(round(rng.uniform(*cfg.morph_size) * iod)))
+        k = max(1, round(rng.uniform(*cfg.morph_size) * iod))
         if k > 1:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
             mask = cv2.erode(mask, kernel) if rng.random() < 0.5 else cv2.dilate(mask, kernel)

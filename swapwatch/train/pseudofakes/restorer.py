@@ -71,8 +71,8 @@ def degrade_input(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     if rng.random() < 0.6:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(30, 90))])
-        if ok:
-            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        out = out if decoded is None else decoded
     return out
 
 
@@ -103,8 +103,8 @@ def restored_face(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Genera
     small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
     if rng.random() < cfg.input_jpeg_prob:
         ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(50, 95))])
-        if ok:
-            small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        small = small if decoded is None else decoded
     rendered = render(small)
     interp = cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC
     face = cv2.resize(rendered, (size, size), interpolation=interp)

@@ -82,7 +82,7 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: SelfBlendConfig
     Every step is a per-value mapping, so each is one cv2.LUT call (about 0.2 ms at 224 px).
     """
     values = np.arange(256, dtype=np.float32)
-    hue_shift = int(round(rng.uniform(-cfg.hue_shift, cfg.hue_shift)))
+    hue_shift = round(rng.uniform(-cfg.hue_shift, cfg.hue_shift))
     sat = rng.uniform(*cfg.saturation_scale)
     hue_lut = np.where(values < 180, (values + hue_shift) % 180, values)
     hsv_lut = np.stack([hue_lut, np.clip(values * sat, 0, 255), values], axis=1)
@@ -112,7 +112,7 @@ _INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INT
 def resize_down_up(img: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     """Down-scale by `factor` and back to the original size with random interpolations."""
     h, w = img.shape[:2]
-    sw, sh = max(2, int(round(w * factor))), max(2, int(round(h * factor)))
+    sw, sh = max(2, round(w * factor)), max(2, round(h * factor))
     small = cv2.resize(img, (sw, sh), interpolation=_INTERPOLATIONS[int(rng.integers(len(_INTERPOLATIONS)))])
     return cv2.resize(small, (w, h), interpolation=_INTERPOLATIONS[int(rng.integers(3))])
 
