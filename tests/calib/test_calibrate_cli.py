@@ -15,12 +15,11 @@ from sklearn.metrics import roc_auc_score
 
 from swapwatch.calib import calibrate_command
 from swapwatch.calib.crops import load_crops
-from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ConfigError, SwapwatchError
-from swapwatch.samples import sample_face_images
 from swapwatch.media.image import read_image
+from swapwatch.samples import sample_crops, sample_face_images
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

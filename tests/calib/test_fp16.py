@@ -17,10 +17,10 @@ from swapwatch.calib.fp16 import (
     probe_ranges,
     to_mixed_fp16,
 )
-from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError
+from swapwatch.samples import sample_crops
 
 MAX_DRIFT = 2e-3
 """Largest |FP16 - FP32| score allowed on real crops where ORT CPU runs the graph (measured: 2e-4)."""

@@ -16,10 +16,10 @@ from swapwatch.calib.int8 import (
     float_kept_nodes,
     quantize_onnx_int8,
 )
-from swapwatch.samples import sample_crops
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path, write_metadata
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError
+from swapwatch.samples import sample_crops
 from swapwatch.stream.faces.align import template_landmarks
 from swapwatch.train.pseudofakes.generator import PseudoFakeGenerator
 

@@ -83,8 +83,8 @@ def cfg(**kw: Any) -> BatcherConfig:
 
 @pytest.mark.parametrize("method, max_batch", [("masm", 4), ("airl", 3)])
 def test_real_onnx_engine_scores_match_one_by_one(smoke_onnx: dict[str, Path], method: str, max_batch: int) -> None:
-    from swapwatch.samples import sample_crops
     from swapwatch.engine.onnx_runtime import OnnxEngine
+    from swapwatch.samples import sample_crops
 
     engine = OnnxEngine(smoke_onnx[method])
     raw = sample_crops(engine.input_size, engine.meta.alignment.margin)

@@ -119,9 +119,9 @@ def int8_copy(smoke_onnx: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     pytest.importorskip("onnx")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from swapwatch.samples import sample_crops
     from swapwatch.engine.metadata import file_sha256, read_metadata, write_metadata
     from swapwatch.engine.onnx_runtime import OnnxEngine
+    from swapwatch.samples import sample_crops
 
     src = smoke_onnx["masm"]
     engine = OnnxEngine(src)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swapwatch.samples import sample_crops
-from swapwatch.engine.onnx_runtime import OnnxEngine, default_model_path
 from swapwatch.engine.metadata import read_metadata
+from swapwatch.engine.onnx_runtime import OnnxEngine, default_model_path
+from swapwatch.samples import sample_crops
 
 
 def test_default_model_and_sidecar_ship_with_the_package() -> None:

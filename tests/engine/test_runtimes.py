@@ -16,10 +16,10 @@ import pytest
 
 from swapwatch.config import parse_config
 from swapwatch.engine.base import BackendUnavailable, Engine
-from swapwatch.samples import sample_crops
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.engine.select import EngineConfig, Probe, auto_order, load_engine
 from swapwatch.errors import ConfigError, ModelFileError, SwapwatchError
+from swapwatch.samples import sample_crops
 
 METHODS = ["masm", "airl"]
 TRT = "TensorrtExecutionProvider"

@@ -242,7 +242,7 @@ def test_publish_never_waits_on_the_network(tmp_path: Path) -> None:
             await fanout.aclose()
         return sink, rx, nowait_s, publish_s
 
-    sink, rx, nowait_s, publish_s = arun(main())
+    _sink, rx, nowait_s, publish_s = arun(main())
     assert set(rx.processed) == {e.id for e in events}
     q = statistics.quantiles
     print(f"\nSinkSet.publish_nowait: median {statistics.median(nowait_s) * 1e6:.0f} us, "

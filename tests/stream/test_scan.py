@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from swapwatch.engine.onnx_runtime import OnnxEngine
+from swapwatch.media.image import read_image
+from swapwatch.media.video import read_frames
 from swapwatch.samples import sample_face_images
 from swapwatch.stream.cli import main
 from swapwatch.stream.faces import DetectorConfig, load_detector
 from swapwatch.stream.faces.chain import face_input, to_input
-from swapwatch.media.image import read_image
 from swapwatch.stream.scan_command import EXIT_PARTIAL
-from swapwatch.media.video import read_frames
 
 SCORE_TOL = 2e-5
 """The scan batches crops and writes 5 decimals; the direct scores below are one crop per inference."""

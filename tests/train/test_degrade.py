@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 import cv2
@@ -62,9 +63,9 @@ def test_error_grows_with_severity(kind: str, shape: tuple[int, int, int]) -> No
     img = cv2.resize(face(), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
     errors = [mad(apply_degradation(img, kind, level), img) for level in ROBUSTNESS_LEVELS[kind]]
     assert errors[0] > 0.0, f"{kind}: mildest level changed nothing"
-    assert all(a < b for a, b in zip(errors, errors[1:])), f"{kind}: errors not increasing {errors}"
+    assert all(a < b for a, b in itertools.pairwise(errors)), f"{kind}: errors not increasing {errors}"
     psnrs = [psnr(apply_degradation(img, kind, level), img) for level in ROBUSTNESS_LEVELS[kind]]
-    assert all(a > b for a, b in zip(psnrs, psnrs[1:])), f"{kind}: PSNR not decreasing {psnrs}"
+    assert all(a > b for a, b in itertools.pairwise(psnrs)), f"{kind}: PSNR not decreasing {psnrs}"
 
 
 @pytest.mark.parametrize(

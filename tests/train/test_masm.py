@@ -3,6 +3,7 @@ the gradient-SNR layer mask, and decomposition shapes on the CLIP ViT backbones 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -231,7 +232,7 @@ def test_orthogonality_zero_at_init_and_grows_with_mixing(
         assert values[-1] == pytest.approx(k * alpha**2 + k * alpha**4, abs=1e-4)
         without_self = orthogonality_loss(layer, include_self=False).item()
         assert without_self == pytest.approx(k * alpha**2, abs=1e-4)
-    assert all(v2 > v1 for v1, v2 in zip(values, values[1:]))
+    assert all(v2 > v1 for v1, v2 in itertools.pairwise(values))
 
 
 @pytest.mark.parametrize("alpha", [0.01, 0.1, 0.5])

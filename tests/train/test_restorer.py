@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from swapwatch.train.pseudofakes import PseudoFakeConfig, PseudoFakeGenerator
 from swapwatch.train.pseudofakes.restorer import RestorerConfig, degrade_input, restored_face
-from swapwatch.train.pseudofakes.restorer_net import RestorerNet, ensure_restorer, load_restorer, run_net, train_restorer
+from swapwatch.train.pseudofakes.restorer_net import (
+    RestorerNet,
+    ensure_restorer,
+    load_restorer,
+    run_net,
+    train_restorer,
+)
 from tests.train.test_pseudofakes import FACES, _aligned
 
 CROPS = [_aligned(name, 256)[0] for name in FACES]
