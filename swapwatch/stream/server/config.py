@@ -34,7 +34,7 @@ from swapwatch.stream.server.network_policy import DEFAULT_DENIED_NETWORKS
 from swapwatch.stream.sources.ffmpeg_options import API_FORBIDDEN_OPTIONS
 
 if TYPE_CHECKING:
-    from swapwatch.stream.server.whip import WhipConfig
+    from swapwatch.stream.server.whip_config import WhipConfig
 
 ENV_TOKEN = "SWAPWATCH_TOKEN"
 """Environment variable holding the API/WHIP bearer token."""
@@ -203,7 +203,7 @@ class ServerConfig(StrictModel):
     def whip_config(self) -> WhipConfig:
         """The `whip` section as a validated WhipConfig (imports the WebRTC stack); ConfigError names the field."""
         from swapwatch.config import parse_config
-        from swapwatch.stream.server.whip import WhipConfig
+        from swapwatch.stream.server.whip_config import WhipConfig
 
         return parse_config(WhipConfig, dict(self.whip), source="server.whip")
 

@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -62,8 +61,6 @@ from typing import Any, Literal
 
 from aiohttp import web
 from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpReceiver,
@@ -72,10 +69,10 @@ from aiortc import (
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamTrack
-from pydantic import Field, model_validator
 
-from swapwatch.config import StrictModel
 from swapwatch.stream.names import STREAM_NAME_RULE, is_stream_name
+from swapwatch.stream.server.sdp import OfferError, add_bitrate_hints, answer_video_codec, check_offer
+from swapwatch.stream.server.whip_config import WhipConfig
 from swapwatch.stream.sources.base import TERMINAL_STATES, Source, StateChange
 from swapwatch.stream.sources.webrtc import WebRTCSource, release_frames_on_marker
 from swapwatch.strict_json import JsonBodyError, loads_request_json
@@ -91,232 +88,6 @@ OnSource = Callable[[Source], Awaitable[str]]
 """Called with each new (started) source; returns the stream name the server registered it under."""
 OnEnd = Callable[[str], Awaitable[None]]
 """Called with that name once the stream's WHIP session has ended and its peer connection is closed."""
-
-
-# --- config -------------------------------------------------------------------------------------------------
-
-
-class IceServerConfig(StrictModel):
-    """A STUN or TURN server for the server's peer connections (and advertised to publishers)."""
-
-    urls: list[str] = Field(
-        ..., min_length=1, description="stun:/turn:/turns: URLs of one server, e.g. ['turn:turn.example.org:3478']."
-    )
-    username: str | None = Field(None, description="TURN user name; null for STUN.")
-    credential: str | None = Field(None, description="TURN password; null for STUN. Never logged.", repr=False)
-
-    @model_validator(mode="after")
-    def _schemes(self) -> IceServerConfig:
-        for url in self.urls:
-            if url.split(":", 1)[0].lower() not in ("stun", "stuns", "turn", "turns"):
-                raise ValueError(f"urls: {url!r} is not a stun:, stuns:, turn: or turns: URL")
-        return self
-
-
-VideoCodec = Literal["H264", "VP8"]
-
-
-def _default_video_codecs() -> list[VideoCodec]:
-    return ["H264", "VP8"]
-
-
-class WhipConfig(StrictModel):
-    """WHIP ingest settings: limits, ICE servers, bitrate hints and the media timeouts."""
-
-    max_sessions: int = Field(
-        8, ge=1, le=1024, description="Publishing sessions at once; one more gets 503 with Retry-After."
-    )
-    max_offer_bytes: int = Field(
-        64 * 1024,
-        ge=1024,
-        le=16 * 1024 * 1024,
-        description="Largest SDP offer (or /offer JSON body) accepted; larger gets 413. Browser offers are 3-10 KiB.",
-    )
-    ice_servers: list[IceServerConfig] = Field(
-        default_factory=list,
-        description="STUN/TURN servers for the server's side of each connection; empty (default): host candidates "
-        "only, nothing contacts the outside network.",
-    )
-    advertise_ice_servers: bool = Field(
-        True, description="Send the ice_servers to publishers as RFC 9725 Link headers (TURN credentials included)."
-    )
-    start_bitrate_kbps: int | None = Field(
-        2500, ge=30, le=100_000,
-        description="x-google-start-bitrate in the answer: Chrome's first video bitrate; null leaves it out.",
-    )
-    min_bitrate_kbps: int | None = Field(
-        1000, ge=30, le=100_000,
-        description="x-google-min-bitrate: Chrome never drops below it (keeps 720p from falling to 360p); null "
-        "leaves it out.",
-    )
-    max_bitrate_kbps: int | None = Field(
-        6000, ge=30, le=100_000, description="x-google-max-bitrate: Chrome's ceiling; null leaves it out."
-    )
-    accept_audio: bool = Field(
-        False,
-        description="Accept audio (received and discarded). false answers audio as inactive, so the peer sends none.",
-    )
-    video_codecs: list[VideoCodec] = Field(
-        default_factory=_default_video_codecs,
-        min_length=1,
-        description="Video codecs accepted, in order of preference: the answer lists them so, and the publisher "
-        "sends the first it supports. H.264 first: aiortc decodes a 720p H.264 frame in ~0.5 ms of CPU, a VP8 "
-        "one in ~1.25 ms (measured here).",
-    )
-    release_on_marker: bool = Field(
-        True,
-        description="Decode each video frame as soon as its last RTP packet (marker bit) arrives, instead of when "
-        "the next frame starts (aiortc's default): one frame interval (33 ms at 30 fps) less latency.",
-    )
-    queue_size: int = Field(
-        1, ge=1, le=16, description="Frames held per stream for the monitor (latest policy: newer frames replace them)."
-    )
-    negotiate_timeout_s: float = Field(
-        10.0, gt=0.0, le=120.0, description="Seconds to build the answer (ICE gathering included) before a 504."
-    )
-    connect_timeout_s: float = Field(
-        20.0, gt=0.0, le=600.0,
-        description="A session whose first video frame has not arrived this long after the answer is ended.",
-    )
-    media_timeout_s: float | None = Field(
-        10.0, gt=0.0, le=3600.0,
-        description="A session that receives no video frame for this long is ended (a peer that vanished without "
-        "hanging up); null waits for ICE consent to fail (~30 s).",
-    )
-    name_prefix: str = Field(
-        "webrtc", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$",
-        description="Streams published to plain /whip are named <prefix>-1, <prefix>-2, ...",
-    )
-
-    @model_validator(mode="after")
-    def _bitrates_ordered(self) -> WhipConfig:
-        lo, start, hi = self.min_bitrate_kbps, self.start_bitrate_kbps, self.max_bitrate_kbps
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"min_bitrate_kbps ({lo}) must be <= max_bitrate_kbps ({hi})")
-        if start is not None and ((lo is not None and start < lo) or (hi is not None and start > hi)):
-            raise ValueError(f"start_bitrate_kbps ({start}) must lie between min and max bitrate")
-        return self
-
-    def rtc_configuration(self) -> RTCConfiguration:
-        """aiortc's configuration for one peer connection."""
-        return RTCConfiguration(
-            iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-                        for s in self.ice_servers]
-        )
-
-
-# --- SDP ----------------------------------------------------------------------------------------------------
-
-_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([A-Za-z0-9-]+)/90000", re.IGNORECASE)
-_VIDEO_CODECS = {"vp8", "vp9", "h264", "av1", "h265"}
-
-
-def check_offer(sdp: str) -> None:
-    """Raise WhipError(400) unless `sdp` looks like an SDP offer with a video section (before aiortc parses it)."""
-    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("v="):
-        raise WhipError(400, "not an SDP offer: it must start with 'v=0'")
-    media = [line for line in lines if line.startswith("m=")]
-    if not media:
-        raise WhipError(400, "not an SDP offer: no media section (m= line)")
-    if not any(line.startswith("m=video ") for line in media):
-        kinds = ", ".join(sorted({line[2:].split(" ", 1)[0] for line in media}))
-        raise WhipError(400, f"no video in the offer (it has {kinds}): swapwatch watches video")
-    check_mids(lines)
-
-
-def check_mids(lines: list[str]) -> None:
-    """Each media section has at most one a=mid, mids are unique, and a BUNDLE group names only them.
-
-    aiortc accepts offers that break these and then fails while answering (an AttributeError deep in its
-    transport setup), so they are refused here with the reason.
-    """
-    sections: list[list[str]] = []
-    session_attrs: list[str] = []
-    for line in lines:
-        if line.startswith("m="):
-            sections.append([])
-        elif line.startswith("a=mid:") and sections:
-            sections[-1].append(line[len("a=mid:"):].strip())
-        elif not sections:
-            session_attrs.append(line)
-    if any(len(mids) > 1 for mids in sections):
-        raise WhipError(400, "malformed SDP offer: a media section has more than one a=mid line")
-    mids = [m[0] for m in sections if m]
-    if len(set(mids)) != len(mids):
-        raise WhipError(400, "malformed SDP offer: two media sections share one a=mid")
-    for line in session_attrs:
-        if line.startswith("a=group:"):
-            named = line.split()[1:]
-            missing = [m for m in named if m not in mids]
-            if missing:
-                raise WhipError(400, f"malformed SDP offer: its group names media ids it does not have ({', '.join(missing)})")
-
-
-def answer_video_codec(sdp: str) -> str | None:
-    """The codec of the first payload type of the first video section (what the sender will use), e.g. 'VP8'."""
-    first: str | None = None
-    in_video = False
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            if first is not None:
-                break
-            in_video = line.startswith("m=video ")
-            parts = line.split()
-            first = parts[3] if in_video and len(parts) > 3 else None
-        elif in_video and first is not None and line.startswith(f"a=rtpmap:{first} "):
-            return line.split(" ", 1)[1].split("/", 1)[0]
-    return None
-
-
-def add_bitrate_hints(sdp: str, *, start_kbps: int | None, min_kbps: int | None, max_kbps: int | None) -> str:
-    """The SDP with Chrome's x-google bitrate parameters on every video codec's fmtp line (added when missing).
-
-    Retransmission (rtx), FEC and other non-codec payload types are left alone.
-    """
-    params = [
-        f"x-google-{key}-bitrate={value}"
-        for key, value in (("start", start_kbps), ("min", min_kbps), ("max", max_kbps))
-        if value is not None
-    ]
-    if not params:
-        return sdp
-    eol = "\r\n" if "\r\n" in sdp else "\n"
-    lines = sdp.split(eol)
-    out: list[str] = []
-    in_video = False
-    codec_pts: set[str] = set()
-    fmtp_seen: set[str] = set()
-    pending: list[tuple[int, str]] = []  # (index in out after the rtpmap, payload type) needing a new fmtp line
-
-    def flush() -> None:
-        for index, pt in reversed(pending):
-            if pt not in fmtp_seen:
-                out.insert(index, f"a=fmtp:{pt} {';'.join(params)}")
-        pending.clear()
-
-    for line in lines:
-        if line.startswith("m="):
-            flush()
-            in_video = line.startswith("m=video ")
-            codec_pts.clear()
-            fmtp_seen.clear()
-        elif in_video:
-            m = _RTPMAP.match(line)
-            if m and m.group(2).lower() in _VIDEO_CODECS:
-                codec_pts.add(m.group(1))
-                out.append(line)
-                pending.append((len(out), m.group(1)))
-                continue
-            if line.startswith("a=fmtp:"):
-                pt, _, rest = line[len("a=fmtp:"):].partition(" ")
-                if pt in codec_pts:
-                    fmtp_seen.add(pt)
-                    kept = [p for p in rest.split(";") if p and not p.strip().startswith("x-google-")]
-                    line = f"a=fmtp:{pt} {';'.join(kept + params)}"
-        out.append(line)
-    flush()
-    return eol.join(out)
 
 
 # --- sessions -----------------------------------------------------------------------------------------------
@@ -421,7 +192,10 @@ class WhipIngest:
             raise WhipError(503, "the server is shutting down")
         if stream is not None and not is_stream_name(stream):  # the same rule as every stream name (names.py)
             raise WhipError(400, f"stream name {stream[:40]!r}: use {STREAM_NAME_RULE}")
-        check_offer(offer)
+        try:
+            check_offer(offer)
+        except OfferError as err:
+            raise WhipError(400, str(err)) from None
         if len(self.sessions) >= self.config.max_sessions:  # negotiating sessions are in it too
             raise WhipError(
                 503, f"too many sessions: {self.config.max_sessions} are publishing already", {"Retry-After": "5"}

@@ -184,7 +184,8 @@ class WebRtcTransport(Transport):
         try:
             from aiohttp import web
 
-            from swapwatch.stream.server.whip import WhipConfig, add_whip_routes
+            from swapwatch.stream.server.whip import add_whip_routes
+            from swapwatch.stream.server.whip_config import WhipConfig
         except ImportError as err:
             raise TransportUnavailable(f"--via webrtc needs aiortc and aiohttp ({err}); install swapwatch's "
                                        "dependencies again") from None

@@ -25,14 +25,14 @@ import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
+from swapwatch.stream.server.sdp import add_bitrate_hints
 from swapwatch.stream.server.whip import (
     WHIP_INGEST,
     StreamRejected,
-    WhipConfig,
     WhipIngest,
-    add_bitrate_hints,
     add_whip_routes,
 )
+from swapwatch.stream.server.whip_config import WhipConfig
 from swapwatch.stream.sources import Frame, Source
 from swapwatch.stream.sources.webrtc import WebRTCSource
 from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
