@@ -24,7 +24,7 @@ The default clip is 720p (1280x720, 30 fps) made from up to 10 videos in ../shar
 (60 frames each, letterboxed, so it has 10 shots); when that folder is missing the benchmark says so
 and exits 0 (pass a clip instead). The clip is written under --out and never committed.
 
-Where (b)'s gain comes from (see swapwatch/stream/scanner.py): mostly from running the detector, ~70%
+Where (b)'s gain comes from (see swapwatch/stream/scan/scanner.py): mostly from running the detector, ~70%
 of (a)'s CPU per frame, on about a quarter of the frames; then from overlapping decode, faces and
 scoring on the two cores, which only pays when a core is free. The CPU column shows the first part
 alone: it does not depend on what else runs on the machine. Batched scoring saves no CPU on these

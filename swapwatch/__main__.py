@@ -1,3 +1,3 @@
-from swapwatch.stream.cli import main
+from swapwatch.cli.main import main
 
 raise SystemExit(main())

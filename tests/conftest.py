@@ -30,7 +30,7 @@ def smoke_recipe(tmp: Path, method: str, **overrides: object) -> Path:
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Train both smoke recipes once through the real CLI; method -> run folder."""
-    from swapwatch.stream.cli import main
+    from swapwatch.cli.main import main
 
     tmp = tmp_path_factory.mktemp("smoke")
     runs = {}
@@ -43,7 +43,7 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smoke_onnx(smoke_runs: dict[str, Path]) -> dict[str, Path]:
     """Both smoke checkpoints exported to ONNX through the real CLI; method -> model path."""
-    from swapwatch.stream.cli import main
+    from swapwatch.cli.main import main
 
     out = {}
     for method, run in smoke_runs.items():

@@ -21,13 +21,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "LOADED "
-COMMAND_MODULES = ["swapwatch.stream.watch_command", "swapwatch.stream.serve_command", "swapwatch.stream.scan_command"]
+COMMAND_MODULES = ["swapwatch.cli.watch_command", "swapwatch.cli.serve_command", "swapwatch.cli.scan_command"]
 # Fixed batcher sizes: the monitor would otherwise measure the engine for seconds before it starts.
 MONITOR_SETS = ["--set", "batcher.max_batch=8", "--set", "batcher.max_wait_ms=2"]
 
 RUN_CLI = f"""
 import json, sys
-from swapwatch.stream.cli import main
+from swapwatch.cli.main import main
 rc = main(sys.argv[1:])
 train = sorted(m for m in sys.modules if m.startswith("swapwatch.train"))
 print({MARK!r} + json.dumps({{"rc": rc, "train": train, "torch": "torch" in sys.modules}}))

@@ -9,7 +9,7 @@ graph, not from builder flags. So the reduced-precision engines start here, as O
 * `swapwatch.calib.score` - raw score -> calibrated probability (Platt / isotonic) and thresholds for
   target false-positive rates, stored in the sidecar's `score_calibration`;
 * `swapwatch.calib.crops` - calibration crops from a folder (aligned crops or raw media);
-* `swapwatch.calib.calibrate_command` - `swapwatch calibrate`.
+* `swapwatch.cli.calibrate_command` - `swapwatch calibrate`.
 
 This module holds the pieces those share: the derived sidecar, and the FP32-vs-variant comparison
 (AUC, score drift, CPU throughput). Heavy imports stay inside functions, so importing

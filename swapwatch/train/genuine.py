@@ -1,6 +1,6 @@
 """Evaluation on genuine fakes (`swapwatch eval --genuine DIR`): how recipes and checkpoints are chosen.
 
-Each file is scored exactly as `swapwatch scan` scores it (swapwatch/stream/scanner.py): an image's
+Each file is scored exactly as `swapwatch scan` scores it (swapwatch/stream/scan/scanner.py): an image's
 score is its highest face score, a video's the mean over frames with a face of each frame's highest face
 score. A file where no face is found (or that cannot be read) is *unscored*: it is left out of every
 metric and listed with its reason.
@@ -243,7 +243,7 @@ def open_scanner(model: Path, **options: Any) -> Any:
     """The `swapwatch scan` Scanner for `model`: an .onnx as scan opens it (CPU ONNX Runtime, sidecar
     checked), anything else (.pt checkpoint, .plan, .ep) through `load_engine`'s auto backend.
     `options` are ScanSettings fields."""
-    from swapwatch.stream.scanner import Scanner
+    from swapwatch.stream.scan.scanner import Scanner
 
     options = {k: v for k, v in options.items() if v is not None}
     if model.suffix.lower() == ".onnx":

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from swapwatch.calib import calibrate_command
 from swapwatch.calib.crops import load_crops
+from swapwatch.cli import calibrate_command
 from swapwatch.engine.metadata import file_sha256, read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ConfigError, SwapwatchError
@@ -25,7 +25,7 @@ from swapwatch.samples import sample_crops, sample_face_images
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run the command the way `swapwatch calibrate` does: through the CLI when it is registered there,
     else through this module's parser with the CLI's exception -> exit code mapping."""
-    from swapwatch.stream.cli import COMMANDS, main
+    from swapwatch.cli.main import COMMANDS, main
 
     if "calibrate" in COMMANDS:
         code = main(["calibrate", *argv])

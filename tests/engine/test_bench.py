@@ -102,7 +102,7 @@ def test_profile_of_a_real_engine_on_real_faces(smoke_onnx: dict[str, Path]) -> 
 
 
 def bench_args(*argv: str) -> argparse.Namespace:
-    from swapwatch.stream.bench_command import add_arguments
+    from swapwatch.cli.bench_command import add_arguments
 
     parser = argparse.ArgumentParser(prog="swapwatch bench")
     add_arguments(parser)
@@ -144,7 +144,7 @@ def int8_copy(smoke_onnx: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 
 def test_bench_command_end_to_end(smoke_onnx: dict[str, Path], int8_copy: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from swapwatch.stream.bench_command import run
+    from swapwatch.cli.bench_command import run
 
     out = tmp_path / "bench"
     args = bench_args("--engine", str(smoke_onnx["masm"]), "--engine", str(int8_copy), "--engine",
@@ -189,7 +189,7 @@ def test_bench_command_end_to_end(smoke_onnx: dict[str, Path], int8_copy: Path, 
 )
 def test_bench_command_refuses_bad_options(argv: list[str], error: type[Exception], match: str,
                                            tmp_path: Path) -> None:
-    from swapwatch.stream.bench_command import run
+    from swapwatch.cli.bench_command import run
 
     with pytest.raises(error, match=match):
         run(bench_args(*argv, "--out", str(tmp_path)))
@@ -230,14 +230,14 @@ def test_unavailable_backend_is_skipped_not_fatal(smoke_onnx: dict[str, Path], b
 
 
 def test_command_backend_choices_match_the_selector() -> None:
+    from swapwatch.cli.bench_command import _BACKENDS
     from swapwatch.engine.select import BACKENDS
-    from swapwatch.stream.bench_command import _BACKENDS
 
     assert _BACKENDS == BACKENDS
 
 
 def test_bench_fails_when_nothing_ran(smoke_onnx: dict[str, Path], tmp_path: Path) -> None:
-    from swapwatch.stream.bench_command import run
+    from swapwatch.cli.bench_command import run
 
     if backend_runs_here("tensorrt"):
         pytest.skip("TensorRT is installed here: the tensorrt backend may run")
@@ -250,8 +250,8 @@ def test_bench_fails_when_nothing_ran(smoke_onnx: dict[str, Path], tmp_path: Pat
 
 
 def test_bench_defaults_to_the_embedded_model(tmp_path: Path) -> None:
+    from swapwatch.cli.bench_command import run
     from swapwatch.engine.onnx_runtime import default_model_path
-    from swapwatch.stream.bench_command import run
 
     try:
         default_model_path()

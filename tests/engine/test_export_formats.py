@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from swapwatch.cli.main import main
 from swapwatch.engine.export import default_tolerance, sample_crops
 from swapwatch.engine.metadata import read_metadata
 from swapwatch.engine.plan_cache import cuda_gpu
-from swapwatch.stream.cli import main
 
 
 def ckpt(smoke_runs: dict[str, Path], method: str = "masm") -> Path:

@@ -11,11 +11,11 @@ import onnx
 import pytest
 import torch
 
+from swapwatch.cli.main import main
 from swapwatch.engine.metadata import read_metadata, sidecar_path
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.errors import ModelFileError
 from swapwatch.samples import sample_crops
-from swapwatch.stream.cli import main
 from swapwatch.stream.faces import template_landmarks
 from swapwatch.train.loop import model_from_checkpoint
 from swapwatch.train.models.base import ScoreModel

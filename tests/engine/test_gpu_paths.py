@@ -12,11 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from swapwatch.cli.main import main
 from swapwatch.engine.metadata import read_metadata
 from swapwatch.engine.plan_cache import BatchProfile, PlanCache, StalePlanError, descriptor_path
 from swapwatch.engine.select import load_engine
 from swapwatch.samples import sample_crops
-from swapwatch.stream.cli import main
 
 torch = pytest.importorskip("torch", reason="the GPU paths need torch (the [train] or [gpu] install)")
 pytestmark = [

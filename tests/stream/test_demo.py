@@ -25,11 +25,11 @@ from swapwatch.stream.faces import load_detector
 from tests.stream.test_pipeline import REF_SMOOTHING
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = ("swapwatch.stream.demo_command", "build a clip with a face swap in it and watch it, offline")
+DEMO = ("swapwatch.cli.demo_command", "build a clip with a face swap in it and watch it, offline")
 # No torch (the plain install has none: importing it fails here), and `demo` registered even before
 # cli.py lists it.
 CLI = (
-    "import sys; sys.modules['torch'] = None; from swapwatch.stream import cli; "
+    "import sys; sys.modules['torch'] = None; from swapwatch.cli import main as cli; "
     f"cli.COMMANDS.setdefault('demo', {DEMO!r}); sys.exit(cli.main())"
 )
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from swapwatch.cli.scan_command import EXIT_PARTIAL
 from swapwatch.samples import sample_face_images
-from swapwatch.stream.scan_command import EXIT_PARTIAL
 from tests.stream.conftest import ClipFactory
 from tests.stream.server.conftest import free_port
 

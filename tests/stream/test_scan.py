@@ -9,14 +9,14 @@ import av
 import numpy as np
 import pytest
 
+from swapwatch.cli.main import main
+from swapwatch.cli.scan_command import EXIT_PARTIAL
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.media.image import read_image
 from swapwatch.media.video import read_frames
 from swapwatch.samples import sample_face_images
-from swapwatch.stream.cli import main
 from swapwatch.stream.faces import DetectorConfig, load_detector
 from swapwatch.stream.faces.chain import face_input, to_input
-from swapwatch.stream.scan_command import EXIT_PARTIAL
 
 SCORE_TOL = 2e-5
 """The scan batches crops and writes 5 decimals; the direct scores below are one crop per inference."""

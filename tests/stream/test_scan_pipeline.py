@@ -21,16 +21,16 @@ import cv2
 import numpy as np
 import pytest
 
+from swapwatch.cli.main import main
 from swapwatch.errors import ConfigError
 from swapwatch.media.image import read_image
 from swapwatch.media.video import read_frames
 from swapwatch.samples import sample_face_images
-from swapwatch.stream.cli import main
 from swapwatch.stream.faces.chain import face_input
 from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 from swapwatch.stream.scan.progress import ScanProgress, progress_enabled
 from swapwatch.stream.scan.queues import StageQueue
-from swapwatch.stream.scanner import Scanner
+from swapwatch.stream.scan.scanner import Scanner
 from tests.stream.conftest import ClipFactory
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from swapwatch.cli.main import main
 from swapwatch.stream import rtsp_replay
-from swapwatch.stream.cli import main
 from swapwatch.stream.stream_bench import StreamBenchSettings, run_stream_bench
 from swapwatch.stream.stream_bench.recorder import STAGE_ORDER, FrameRecord
 from swapwatch.stream.stream_bench.results import max_realtime, run_summary, stream_summary

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
-from swapwatch.stream import cli
+from swapwatch.cli import main as cli
 from swapwatch.stream.demo_clip import DemoClip
 from swapwatch.stream.events import Event
 from tests.stream.test_pipeline import (
@@ -24,10 +24,10 @@ from tests.stream.test_pipeline import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-WATCH = ("swapwatch.stream.watch_command", "monitor live streams and files for deepfaked faces")
+WATCH = ("swapwatch.cli.watch_command", "monitor live streams and files for deepfaked faces")
 # Runs the CLI with `watch` registered even before cli.py lists it (a no-op once it does).
 CLI = (
-    "import sys; from swapwatch.stream import cli; "
+    "import sys; from swapwatch.cli import main as cli; "
     f"cli.COMMANDS.setdefault('watch', {WATCH!r}); sys.exit(cli.main())"
 )
 SMOOTHING_SETS = [f"--set=smoothing.{k}={v}" for k, v in REF_SMOOTHING.items()]

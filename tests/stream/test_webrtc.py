@@ -221,7 +221,7 @@ def test_release_on_marker_swaps_the_video_receivers_buffer() -> None:
 def test_publish_command_refusals(
     clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int, says: str
 ) -> None:
-    from swapwatch.stream.cli import main
+    from swapwatch.cli.main import main
 
     argv = ["publish", *(a.format(clip=clip, missing=tmp_path / "nope.mp4") for a in args)]
     assert main(argv) == code

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from swapwatch.cli.main import main
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.samples import sample_face_images
-from swapwatch.stream.cli import main
 from swapwatch.stream.faces.chain import to_input
 from swapwatch.train.data.cache import load_face_cache, read_crop
 from swapwatch.train.dataset import fixed_pseudo_fake

@@ -284,7 +284,7 @@ def _default_model() -> Path:
 
 def test_eval_genuine_cli_on_generated_pairs(pairs_folder: Path, tmp_path: Path) -> None:
     """The CLI on generated files: the astronaut photo as both sides, and one faceless fake (unscored)."""
-    from swapwatch.stream.cli import main
+    from swapwatch.cli.main import main
 
     root = tmp_path / "small"
     root.mkdir()
@@ -307,7 +307,7 @@ def test_eval_genuine_on_the_shared_dfl_pairs(tmp_path: Path) -> None:
     pairs = SHARED_DATA / "pairs"
     if not any(pairs.glob("*_fake.*")):
         pytest.skip(f"no *_fake files under {pairs} (shared data not present)")
-    from swapwatch.stream.cli import main
+    from swapwatch.cli.main import main
 
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(_default_model()), "--genuine", str(pairs), "--out", str(out)]) == 0

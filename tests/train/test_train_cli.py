@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from swapwatch.stream.cli import main
+from swapwatch.cli.main import main
 from tests.conftest import smoke_recipe
 
 

@@ -5,7 +5,7 @@ One JSON object per media file, in input order, written as soon as the file is d
 score; video score = the mean over frames with a face of each frame's highest face score (the
 video-level rule the evaluation uses). No face -> score null + reason; an unreadable file -> its
 `error`, and the scan goes on. Decoding, detection and inference run as a pipeline
-(swapwatch/stream/scanner.py); a progress bar goes to stderr when it is a terminal.
+(swapwatch/stream/scan/scanner.py); a progress bar goes to stderr when it is a terminal.
 
 Exit codes (EXIT_CODES, also in `--help`): 0 every input was read (with or without faces); 1 no input
 could be read; 3 some inputs could not be read (EXIT_PARTIAL: the others were scored, and each
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from swapwatch.stream.scan.progress import ScanProgress
-    from swapwatch.stream.scanner import Scanner, expand_paths
+    from swapwatch.stream.scan.scanner import Scanner, expand_paths
 
     paths = list(args.paths)
     if args.samples:

@@ -17,22 +17,22 @@ from swapwatch.errors import ConfigError, SwapwatchError
 
 # name -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("swapwatch.stream.demo_command", "build a clip with a face swap in it and watch it with the monitor, offline"),
-    "watch": ("swapwatch.stream.watch_command", "monitor streams and files for deepfaked faces; events to JSONL/webhooks"),
+    "demo": ("swapwatch.cli.demo_command", "build a clip with a face swap in it and watch it with the monitor, offline"),
+    "watch": ("swapwatch.cli.watch_command", "monitor streams and files for deepfaked faces; events to JSONL/webhooks"),
     "serve": (
-        "swapwatch.stream.serve_command",
+        "swapwatch.cli.serve_command",
         "run the monitor as a server: REST API, live dashboard, WebRTC/WHIP ingest, /metrics",
     ),
-    "publish": ("swapwatch.stream.publish_command", "publish a video file to a WHIP endpoint (WebRTC), like a camera in a call"),
-    "scan": ("swapwatch.stream.scan_command", "score the faces in images, videos and folders"),
-    "train": ("swapwatch.train.train_command", "train a MASM or AIRL detector from a YAML recipe"),
-    "eval": ("swapwatch.train.eval_command", "evaluate a checkpoint or ONNX model: AUC, EER, AP, robustness"),
-    "export": ("swapwatch.engine.export_command", "export a checkpoint to ONNX / TensorRT with a metadata sidecar"),
+    "publish": ("swapwatch.cli.publish_command", "publish a video file to a WHIP endpoint (WebRTC), like a camera in a call"),
+    "scan": ("swapwatch.cli.scan_command", "score the faces in images, videos and folders"),
+    "train": ("swapwatch.cli.train_command", "train a MASM or AIRL detector from a YAML recipe"),
+    "eval": ("swapwatch.cli.eval_command", "evaluate a checkpoint or ONNX model: AUC, EER, AP, robustness"),
+    "export": ("swapwatch.cli.export_command", "export a checkpoint to ONNX / TensorRT with a metadata sidecar"),
     "calibrate": (
-        "swapwatch.calib.calibrate_command",
+        "swapwatch.cli.calibrate_command",
         "INT8/FP16 ONNX variants and score calibration with false-positive-rate thresholds",
     ),
-    "bench": ("swapwatch.stream.bench_command",
+    "bench": ("swapwatch.cli.bench_command",
               "engine throughput per batch size; with SOURCE files, live glass-to-score latency of the monitor"),
 }
 
