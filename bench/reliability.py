@@ -48,7 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from swapwatch.stream.demo_clip import build_demo_clip  # noqa: E402
+from swapwatch.stream.bench.demo_clip import build_demo_clip  # noqa: E402
 from tests.stream.server.conftest import TOKEN, ServerThread, server_config  # noqa: E402
 
 MODEL = REPO / "swapwatch" / "assets" / "default.onnx"
@@ -391,7 +391,7 @@ def part_cycles(out: Path, cycles: int, only: list[str] | None = None) -> dict[s
     kinds["api-http"] = api_cycle(f"http://127.0.0.1:{http_srv.server_address[1]}/clip.mp4")
     rtsp = None
     try:
-        from swapwatch.stream.rtsp_replay import start_rtsp_server
+        from swapwatch.stream.bench.rtsp_replay import start_rtsp_server
 
         rtsp = start_rtsp_server(clip.path, out / "rtsp", backend="gstreamer")
         kinds["api-rtsp"] = api_cycle(rtsp.url)
@@ -443,7 +443,7 @@ def _file_handler(root: Path) -> type[BaseHTTPRequestHandler]:
 
 
 def _whip_cycle(clip: Path) -> Callable[[ServerThread, int], None]:
-    from swapwatch.stream.whip_client import FileTrack, publish
+    from swapwatch.stream.bench.whip_client import FileTrack, publish
 
     def cycle(srv: ServerThread, i: int) -> None:
         async def go() -> None:

@@ -129,7 +129,8 @@ def run_stream(args: argparse.Namespace) -> int:
 
     from swapwatch.config import parse_config
     from swapwatch.errors import ConfigError
-    from swapwatch.stream.stream_bench import StreamBenchSettings, parse_size, print_summary, run_stream_bench
+    from swapwatch.stream.bench.runner import print_summary, run_stream_bench
+    from swapwatch.stream.bench.settings import StreamBenchSettings, parse_size
 
     if args.engines and len(args.engines) > 1:
         raise ConfigError("--engine: the stream benchmark runs one model; give --engine once")

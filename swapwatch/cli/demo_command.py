@@ -7,7 +7,7 @@ What it does, with nothing but the installed package (no network, no torch):
 
 1. builds `clip.mp4` from photos that installed packages ship: two people side by side under a gently
    moving camera, and from 4 to 8 s the left face swapped for another person's by the project's own
-   face-swap compositing (see swapwatch/stream/demo_clip.py);
+   face-swap compositing (see swapwatch/stream/bench/demo_clip.py);
 2. streams it through the monitor at its native frame rate (file source, real-time pacing), with the
    default detector and model unless `--model` says otherwise, printing each state change as it happens;
 3. prints the alert timeline and an honest verdict: what the model scored inside and outside the
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from swapwatch.errors import ConfigError
+    from swapwatch.stream.bench.demo_report import DemoRecorder, plot_timeline, summarize
     from swapwatch.stream.config import load_monitor_config, parse_set_option
-    from swapwatch.stream.demo_report import DemoRecorder, plot_timeline, summarize
 
     if not 3.0 <= args.seconds <= 120.0:
         raise ConfigError(f"--seconds: must be between 3 and 120, got {args.seconds}")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         overrides[key] = value
     cfg = load_monitor_config(args.config, overrides)
 
-    from swapwatch.stream.demo_clip import build_demo_clip
+    from swapwatch.stream.bench.demo_clip import build_demo_clip
     from swapwatch.stream.faces.detector import load_detector
     from swapwatch.stream.pipeline import run_monitor
 

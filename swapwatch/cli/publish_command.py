@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     from swapwatch.errors import ConfigError, MediaError
-    from swapwatch.stream.whip_client import FileTrack
+    from swapwatch.stream.bench.whip_client import FileTrack
 
     size = parse_size(args.size)
     if args.duration is not None and args.duration <= 0:
@@ -78,7 +78,7 @@ async def _publish(args: argparse.Namespace, track: object, token: str | None) -
     import signal
     import time
 
-    from swapwatch.stream.whip_client import FileTrack, publish
+    from swapwatch.stream.bench.whip_client import FileTrack, publish
 
     assert isinstance(track, FileTrack)
     loop = asyncio.get_running_loop()

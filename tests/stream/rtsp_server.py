@@ -1,7 +1,7 @@
-"""The RTSP server the source tests use lives in the package (swapwatch.stream.rtsp_replay), where
+"""The RTSP server the source tests use lives in the package (swapwatch.stream.bench.rtsp_replay), where
 `swapwatch bench` replays clips with it too; this module keeps the tests' imports working."""
 
-from swapwatch.stream.rtsp_replay import (
+from swapwatch.stream.bench.rtsp_replay import (
     RawClip,
     RtspServer,
     choose_backend,

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip, DemoScene, build_demo_clip
+from swapwatch.stream.bench.demo_clip import DemoClip, DemoScene, build_demo_clip
 from swapwatch.stream.events import Event
 from swapwatch.stream.faces import load_detector
 from tests.stream.test_pipeline import REF_SMOOTHING

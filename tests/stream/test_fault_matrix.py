@@ -71,7 +71,7 @@ from pathlib import Path
 
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.events import Event, state_event
 from swapwatch.stream.pipeline import Monitor
 from swapwatch.stream.sinks.evidence import EVIDENCE_DROP_REASONS, EvidenceConfig, EvidenceSink, failure_reason

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from swapwatch.stream.glass_stamp import (
+from swapwatch.stream.bench.glass_stamp import (
     BITS,
     COLS,
     Stamp,

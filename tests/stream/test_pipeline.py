@@ -29,6 +29,7 @@ from swapwatch.engine.metadata import (
     write_metadata,
 )
 from swapwatch.errors import ConfigError
+from swapwatch.stream.bench.demo_clip import DemoClip, build_demo_clip
 from swapwatch.stream.config import (
     MonitorConfig,
     effective_config_yaml,
@@ -36,7 +37,6 @@ from swapwatch.stream.config import (
     monitor_config_from_dict,
     parse_set_option,
 )
-from swapwatch.stream.demo_clip import DemoClip, build_demo_clip
 from swapwatch.stream.events import Event
 from swapwatch.stream.pipeline import FrameReport, Monitor, StreamClock
 
@@ -62,7 +62,7 @@ def identity_reference_model(path: Path, centre: float = 0.8, steepness: float =
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from swapwatch.stream.demo_clip import _sample_faces
+    from swapwatch.stream.bench.demo_clip import _sample_faces
     from swapwatch.stream.faces import align_face, alignment_spec, load_detector
 
     astro, a_face, group, right, _ = _sample_faces(load_detector())

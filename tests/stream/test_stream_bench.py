@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from swapwatch.cli.main import main
-from swapwatch.stream import rtsp_replay
-from swapwatch.stream.stream_bench import StreamBenchSettings, run_stream_bench
-from swapwatch.stream.stream_bench.recorder import STAGE_ORDER, FrameRecord
-from swapwatch.stream.stream_bench.results import max_realtime, run_summary, stream_summary
+from swapwatch.stream.bench import rtsp_replay
+from swapwatch.stream.bench.recorder import STAGE_ORDER, FrameRecord
+from swapwatch.stream.bench.results import max_realtime, run_summary, stream_summary
+from swapwatch.stream.bench.runner import run_stream_bench
+from swapwatch.stream.bench.settings import StreamBenchSettings
 from tests.stream.conftest import ClipFactory
 
 PLOTS = ("latency.png", "timeline.png", "stages.png", "sweep.png")

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.names import STREAM_NAME_MAX, is_stream_name, to_stream_name
 from swapwatch.stream.server.api import _validation_fields
 from swapwatch.stream.server.config import ServerConfig

@@ -17,7 +17,7 @@ import av
 import pytest
 
 from swapwatch.cli import main as cli
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.events import Event
 from tests.stream.test_pipeline import (
     REF_SMOOTHING,

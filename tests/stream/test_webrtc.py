@@ -17,9 +17,9 @@ from aiortc.rtp import RtpPacket
 
 from swapwatch.config import parse_config
 from swapwatch.errors import ConfigError, MediaError
+from swapwatch.stream.bench.whip_client import FileTrack
 from swapwatch.stream.sources import SourceConfig
 from swapwatch.stream.sources.webrtc import MarkerJitterBuffer, WebRTCSource, release_frames_on_marker
-from swapwatch.stream.whip_client import FileTrack
 from tests.stream.conftest import ClipFactory, collect, read_marker, run_async, states
 
 

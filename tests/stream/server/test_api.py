@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from tests.stream.server.conftest import LOOPBACK_NETWORKS, TOKEN, ServerThread, free_port, server_config
 
 ORIGIN = "https://desk.example"

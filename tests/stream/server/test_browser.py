@@ -20,7 +20,7 @@ from typing import Any
 import av
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.server.whip import WHIP_INGEST
 from tests.stream.conftest import run_async
 from tests.stream.server.chromium import Chromium, camera_flags, chromium_path

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from tests.stream.conftest import run_async
 from tests.stream.server.chromium import Chromium, chromium_path
 from tests.stream.server.conftest import TOKEN, running_server, server_config

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.events import Event, stream_event
 from swapwatch.stream.server.auth import TokenAuth, redact_query
 from swapwatch.stream.server.feed import BadParameter, EventFilter, FeedSink

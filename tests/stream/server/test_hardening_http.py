@@ -33,10 +33,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
+from swapwatch.stream.bench.whip_client import FileTrack, publish
 from swapwatch.stream.pipeline import StreamNotFoundError
 from swapwatch.stream.server.app import unexpected_errors
-from swapwatch.stream.whip_client import FileTrack, publish
 from tests.fuzzing import examples
 from tests.stream.conftest import run_async
 from tests.stream.server.conftest import (

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from swapwatch.errors import ConfigError
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.pipeline import Monitor, MonitorStoppedError, StreamNotFoundError
 from swapwatch.stream.sources import SourceConfig
 from tests.stream.conftest import run_async

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from tests.stream.server.conftest import TOKEN
 from tests.stream.test_pipeline import REF_SMOOTHING
 

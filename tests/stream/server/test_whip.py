@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
+from swapwatch.stream.bench.whip_client import FileTrack, WhipClientError, publish
 from swapwatch.stream.server.sdp import add_bitrate_hints
 from swapwatch.stream.server.whip import (
     WHIP_INGEST,
@@ -35,7 +36,6 @@ from swapwatch.stream.server.whip import (
 from swapwatch.stream.server.whip_config import WhipConfig
 from swapwatch.stream.sources import Frame, Source
 from swapwatch.stream.sources.webrtc import WebRTCSource
-from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
 from tests.stream.conftest import ClipFactory, read_marker, run_async
 
 

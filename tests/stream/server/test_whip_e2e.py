@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from swapwatch.stream.demo_clip import DemoClip
-from swapwatch.stream.whip_client import FileTrack, WhipClientError, publish
+from swapwatch.stream.bench.demo_clip import DemoClip
+from swapwatch.stream.bench.whip_client import FileTrack, WhipClientError, publish
 from tests.stream.conftest import run_async
 from tests.stream.server.conftest import TOKEN, running_server, server_config, wait_until
 from tests.stream.server.test_whip import loopback_ice  # noqa: F401 - the fixture

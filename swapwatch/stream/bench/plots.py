@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from swapwatch.stream.stream_bench.recorder import STAGE_ORDER, FrameRecord
+from swapwatch.stream.bench.recorder import STAGE_ORDER, FrameRecord
 
 
 def _plt() -> Any:

@@ -1,6 +1,6 @@
 """The benchmark's WebRTC senders, in a process of their own (as a caller's browser would be).
 
-    python -m swapwatch.stream.stream_bench.webrtc_sender --url http://127.0.0.1:PORT/whip \\
+    python -m swapwatch.stream.bench.webrtc_sender --url http://127.0.0.1:PORT/whip \\
         --size 1280x720 clip.mp4 clip-1 clip-2
 
 publishes one aiortc `FileTrack` per NAME (the file looped, scaled, each frame stamped with its send
@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from swapwatch.stream.glass_stamp import draw_stamp, now_us
+from swapwatch.stream.bench.glass_stamp import draw_stamp, now_us
 
 
 class StampHook:
@@ -40,7 +40,7 @@ class StampHook:
 
 async def publish_all(url: str, path: Path, names: list[str], size: tuple[int, int]) -> list[Any]:
     """Publish one stamped, looping FileTrack per name; returns the connected sessions."""
-    from swapwatch.stream.whip_client import FileTrack, publish
+    from swapwatch.stream.bench.whip_client import FileTrack, publish
 
     sessions: list[Any] = []
     try:
@@ -80,7 +80,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m swapwatch.stream.stream_bench.webrtc_sender")
+    p = argparse.ArgumentParser(prog="python -m swapwatch.stream.bench.webrtc_sender")
     p.add_argument("--url", required=True, help="the WHIP endpoint; each stream publishes to URL/NAME")
     p.add_argument("--size", required=True, help="WIDTHxHEIGHT every frame is scaled to")
     p.add_argument("file", help="the video file to play, looped")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from swapwatch.stream.stream_bench.recorder import STAGE_ORDER, FrameRecord
+from swapwatch.stream.bench.recorder import STAGE_ORDER, FrameRecord
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float | int] | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swapwatch.stream.demo_clip import DemoClip
+from swapwatch.stream.bench.demo_clip import DemoClip
 from swapwatch.stream.events import Event
 from swapwatch.stream.pipeline import FrameReport, MonitorReport
 from swapwatch.stream.temporal import LEVEL, STATES

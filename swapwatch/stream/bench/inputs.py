@@ -23,9 +23,9 @@ import av
 import av.error
 
 from swapwatch.errors import ConfigError
-from swapwatch.stream.glass_stamp import StampLayout
+from swapwatch.stream.bench.glass_stamp import StampLayout
+from swapwatch.stream.bench.rtsp_replay import RawClip, decode_to_raw
 from swapwatch.stream.names import to_stream_name
-from swapwatch.stream.rtsp_replay import RawClip, decode_to_raw
 
 SENDER_BITRATE = 2_048_000
 """What GStreamer's x264enc sends by default (2048 kbit/s); the prepared H.264 files use it too."""

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swapwatch.stream.glass_stamp import read_stamp
+from swapwatch.stream.bench.glass_stamp import read_stamp
 
 if TYPE_CHECKING:
     from swapwatch.stream.sources.base import Source

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swapwatch.errors import SwapwatchError
-from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, raw_frames
+from swapwatch.stream.bench.inputs import BenchInput, encoded_file, raw_frames
 
 if TYPE_CHECKING:
     from swapwatch.stream.sources.base import Source
@@ -91,7 +91,7 @@ class RtspTransport(Transport):
         self.servers: list[Any] = []
 
     async def start(self) -> None:
-        from swapwatch.stream.rtsp_replay import (
+        from swapwatch.stream.bench.rtsp_replay import (
             gstreamer_problem,
             install_hint,
             start_rtsp_server,
@@ -214,7 +214,7 @@ class WebRtcTransport(Transport):
             batch = [f"{item.name}-{k}" for k in range(1, copies + 1)]
             names += batch
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "swapwatch.stream.stream_bench.webrtc_sender", "--url", self.url,
+                sys.executable, "-m", "swapwatch.stream.bench.webrtc_sender", "--url", self.url,
                 "--size", f"{item.width}x{item.height}", str(item.source), *batch,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )

@@ -24,20 +24,20 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swapwatch.stream.stream_bench.ceiling import decode_ceiling
-from swapwatch.stream.stream_bench.inputs import BenchInput, encoded_file, probe_inputs
-from swapwatch.stream.stream_bench.recorder import (
+from swapwatch.stream.bench.ceiling import decode_ceiling
+from swapwatch.stream.bench.inputs import BenchInput, encoded_file, probe_inputs
+from swapwatch.stream.bench.recorder import (
     FrameRecord,
     FrameRecorder,
     GlassSource,
 )
-from swapwatch.stream.stream_bench.results import (
+from swapwatch.stream.bench.results import (
     max_realtime,
     run_summary,
     window_records,
 )
-from swapwatch.stream.stream_bench.settings import StreamBenchSettings
-from swapwatch.stream.stream_bench.transports import (
+from swapwatch.stream.bench.settings import StreamBenchSettings
+from swapwatch.stream.bench.transports import (
     Transport,
     machine_busy_s,
     make_transport,
@@ -243,7 +243,7 @@ class StreamBench:
 
     def write(self, result: StreamBenchResult, starts: dict[int, float], inputs: list[BenchInput]) -> dict[str, Path]:
         """bench.json, frames.jsonl and the PNGs into `out`."""
-        from swapwatch.stream.stream_bench.plots import write_plots
+        from swapwatch.stream.bench.plots import write_plots
 
         out = self.settings.out
         out.mkdir(parents=True, exist_ok=True)
