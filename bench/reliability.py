@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from swapwatch.stream.bench.demo_clip import build_demo_clip  # noqa: E402
+from swapwatch.stream.bench.rtsp_replay import free_port  # noqa: E402
 from tests.stream.server.conftest import TOKEN, ServerThread, server_config  # noqa: E402
 
 MODEL = REPO / "swapwatch" / "assets" / "default.onnx"
@@ -337,12 +338,6 @@ def part_events(out: Path, kill_after_s: float) -> dict[str, Any]:
     return {"produced": len(produced), "delivered": len(produced & delivered), "lost": len(produced - delivered),
             "duplicates": sum(n - 1 for n in receiver.ids.values()), "run1_events": len(jsonl_ids(work / "run1.jsonl")),
             "run2_exit": second.returncode, "kill_after_s": kill_after_s}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- add/remove cycles --------------------------------------------------------------------------------------

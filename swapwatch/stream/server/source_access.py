@@ -4,6 +4,8 @@ Sources in the config file are trusted: the operator wrote them. A caller of POS
 holds a token, so on top of the source config's own validation its stream must pass these checks
 (the server config field in brackets):
 
+- its network timeouts are at most [`max_source_timeout_s`], so a removed stream's reader, blocked in
+  FFmpeg until a timeout, exits in bounded time;
 - its kind is allowed [`allowed_kinds`];
 - it sets no FFmpeg option, unless the option name is listed [`api_ffmpeg_options`], and never one
   that forges requests, listens or changes protocols (sources/ffmpeg_options.py);
@@ -43,6 +45,9 @@ class SourceRefused(Exception):  # noqa: N818 - a refusal, not a failure
 
 async def check_api_source(config: SourceConfig, server: ServerConfig) -> SourceConfig:
     """The config to open for a source an API caller asked for; SourceRefused when it may not be added."""
+    for key in ("open_timeout_s", "read_timeout_s"):
+        if getattr(config, key) > server.max_source_timeout_s:
+            raise SourceRefused(key, f"at most {server.max_source_timeout_s:g} s through the API (server.max_source_timeout_s)")
     kind = config.resolved_kind
     if kind not in server.allowed_kinds:
         raise SourceRefused(
