@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "addressed to localhost, 127.0.0.1 or [::1] are answered, and none that a foreign web page sends")
     p.add_argument("--model", type=Path, help="deepfake detector (.onnx with its sidecar, .plan, ...); default: embedded")
     p.add_argument("--no-whip", action="store_true", help="leave out WebRTC ingest (/whip, /offer)")
+    p.add_argument("--cluster", metavar="URLS",
+                   help="join a cluster of monitors: comma-separated NATS URLs, e.g. nats://h1:4222,nats://h2:4222 "
+                   "(docs/cluster.md); streams are then leased across the nodes")
+    p.add_argument("--node", help="this node's name in the cluster (default: host name and pid)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="override any config field by its dotted path, e.g. --set server.cors_origins=[https://desk.example]")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: until a signal)")
@@ -59,6 +63,10 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["sinks.jsonl.path"] = str(args.events)
     if args.model is not None:
         overrides["engine.model"] = str(args.model)
+    if args.cluster is not None:
+        overrides["cluster.urls"] = [u.strip() for u in args.cluster.split(",") if u.strip()]
+    if args.node is not None:
+        overrides["cluster.node"] = args.node
     for text in args.set_values:
         key, value = parse_set_option(text)
         overrides[key] = value

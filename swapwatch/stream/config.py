@@ -41,6 +41,7 @@ from swapwatch.engine.batcher_config import BatcherConfig
 from swapwatch.engine.metadata import ScoreCalibration
 from swapwatch.engine.select import EngineConfig
 from swapwatch.errors import ConfigError
+from swapwatch.stream.cluster.config import ClusterConfig
 from swapwatch.stream.faces.config import DetectorConfig
 from swapwatch.stream.redact import redact_secrets
 from swapwatch.stream.server.config import ServerConfig
@@ -172,6 +173,9 @@ class MonitorConfig(StrictModel):
     server: ServerConfig = Field(
         default_factory=ServerConfig,
         description="`swapwatch serve` only: listen address, API token and limits, live feed, dashboard.",
+    )
+    cluster: ClusterConfig | None = Field(
+        None, description="`swapwatch serve` only: join a cluster of monitors through NATS JetStream (docs/cluster.md)."
     )
 
     @model_validator(mode="after")

@@ -117,6 +117,9 @@ class Event(BaseModel):
     )
     fps: float | None = Field(None, ge=0.0, description="summary events: frames per second processed lately.")
     model: ModelInfo | None = Field(None, description="The detector that produced the scores.")
+    node: str | None = Field(
+        None, description="The cluster node that made the event (`serve --cluster`); null outside a cluster."
+    )
 
     @field_validator("time")
     @classmethod

@@ -126,7 +126,8 @@ def build_sink_set(config: MonitorConfig, smoothing: SmoothingConfig, extra: Seq
     sinks: list[Sink] = [*base.sinks, *extra]
     c = config.sinks
     return SinkSet(sinks, event_queue=c.event_queue, frame_queue=c.frame_queue, drain_timeout_s=c.drain_timeout_s,
-                   close_timeout_s=c.close_timeout_s, on_drop=base.on_drop)
+                   close_timeout_s=c.close_timeout_s, on_drop=base.on_drop,
+                   node=config.cluster.node if config.cluster is not None else None)
 
 
 class StreamNotFoundError(SwapwatchError, LookupError):

@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
@@ -53,6 +53,9 @@ from swapwatch.stream.server.source_access import SourceRefused, check_api_sourc
 from swapwatch.stream.sources import SourceConfig, open_source
 from swapwatch.strict_json import JsonBodyError, json_safe, loads_request_json
 
+if TYPE_CHECKING:
+    from swapwatch.stream.cluster.node import ClusterNode
+
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 1000
@@ -67,6 +70,7 @@ class ServerState:
     feed: FeedSink
     auth: TokenAuth
     metrics: ServerMetrics
+    cluster: ClusterNode | None = None
     started: float = field(default_factory=time.time)
     loop_lag_ms: float = 0.0
     loop_checked: float = field(default_factory=time.monotonic)
@@ -127,7 +131,10 @@ def stream_path(name: str) -> str:
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    monitor = _state(request).monitor
+    state = _state(request)
+    if state.cluster is not None:
+        return web.json_response({"node": state.cluster.name, "streams": json_safe(state.cluster.streams_view())})
+    monitor = state.monitor
     return web.json_response({"streams": [json_safe(monitor.stream_status(n)) for n in monitor.stream_names()]})
 
 
@@ -144,6 +151,8 @@ async def add_stream(request: web.Request) -> web.Response:
         config = await check_api_source(config, state.server)
     except SourceRefused as err:
         return error(422, f"invalid stream: {err}", fields=[{"field": err.field, "message": err.message}])
+    if state.cluster is not None:
+        return await _add_to_cluster(state.cluster, config)
     try:
         name = await state.monitor.add_source(open_source(config), limit=state.server.max_streams)
     except StreamLimitError as err:
@@ -156,15 +165,50 @@ async def add_stream(request: web.Request) -> web.Response:
     return web.json_response(json_safe(state.monitor.stream_status(name)), status=201, headers={"Location": stream_path(name)})
 
 
-async def get_stream(request: web.Request) -> web.Response:
+async def _add_to_cluster(cluster: ClusterNode, config: SourceConfig) -> web.Response:
+    """Cluster mode: the stream goes into the desired set (202); the node the assignment picks starts it."""
+    from swapwatch.stream.cluster.node import StreamExists
+    from swapwatch.stream.cluster.store import ClusterUnavailable
+
     try:
-        return web.json_response(json_safe(_state(request).monitor.stream_status(request.match_info["name"])))
+        name = await cluster.add_desired(config)
+    except StreamExists as err:
+        return error(409, str(err), fields=[{"field": "name", "message": str(err)}])
+    except ClusterUnavailable as err:
+        return error(503, str(err))
+    log.info("api: stream %s added to the cluster (%s)", log_text(name), log_text(config.masked_url))
+    return web.json_response({"name": name, "url": config.masked_url, "node": None, "assigned": False},
+                             status=202, headers={"Location": stream_path(name)})
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = request.match_info["name"]
+    if state.cluster is not None:
+        for entry in state.cluster.streams_view():
+            if entry["name"] == name:
+                return web.json_response(json_safe(entry))
+        return error(404, f"no stream named {name!r} in the cluster")
+    try:
+        return web.json_response(json_safe(state.monitor.stream_status(name)))
     except StreamNotFoundError as err:
         return error(404, str(err))
 
 
 async def delete_stream(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    cluster = _state(request).cluster
+    if cluster is not None:
+        from swapwatch.stream.cluster.store import ClusterUnavailable
+
+        try:
+            found = await cluster.remove_desired(name)
+        except ClusterUnavailable as err:
+            return error(503, str(err))
+        if not found:
+            return error(404, f"no stream named {name!r} in the cluster")
+        log.info("api: stream %s removed from the cluster", log_text(name))
+        return web.json_response({"removed": name, "node": cluster.snapshot.owner(name)}, status=202)
     try:
         report = await _state(request).monitor.remove_stream(name)
     except StreamNotFoundError as err:
@@ -185,8 +229,21 @@ def _filter(request: web.Request, default_limit: int = 100) -> EventFilter:
 
 
 async def get_events(request: web.Request) -> web.Response:
-    events = _state(request).feed.recent(_filter(request))
-    return web.json_response({"count": len(events), "events": [e.to_dict() for e in events]})
+    state = _state(request)
+    flt = _filter(request)
+    if state.cluster is not None and state.cluster.store.js is not None:
+        from swapwatch.stream.cluster.event_log import read_events
+        from swapwatch.stream.cluster.store import nats_errors
+
+        try:
+            events, scanned = await read_events(state.cluster.store.js, state.cluster.config, flt, limit=flt.limit)
+        except nats_errors() as err:  # NATS away: this node's own recent events, and say so
+            log.warning("api: the durable events stream did not answer (%s); answering from this node", err)
+        else:
+            return web.json_response({"count": len(events), "source": "cluster", "scanned": scanned,
+                                      "events": [e.to_dict() for e in events]})
+    events = state.feed.recent(flt)
+    return web.json_response({"count": len(events), "source": "node", "events": [e.to_dict() for e in events]})
 
 
 def status_snapshot(state: ServerState) -> dict[str, Any]:
@@ -199,6 +256,14 @@ def status_snapshot(state: ServerState) -> dict[str, Any]:
         "auth": state.auth.enabled,
     }
     status["time"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if state.cluster is not None:
+        status["cluster"] = json_safe(state.cluster.status())
+        for entry in state.cluster.streams_view():  # the dashboard shows every node's streams
+            if not entry["local"]:
+                remote = dict(entry["status"] or {})
+                status["streams"][entry["name"]] = json_safe(
+                    {**remote, "name": entry["name"], "url": entry["url"], "node": entry["node"], "remote": True,
+                     "running": bool(remote.get("running")), "source_state": remote.get("source_state", "pending")})
     return status
 
 

@@ -73,6 +73,7 @@ from swapwatch.stream.server.feed import FeedSink
 from swapwatch.stream.server.metrics import ServerMetrics
 
 if TYPE_CHECKING:
+    from swapwatch.stream.cluster.store import ClusterStore
     from swapwatch.stream.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -430,6 +431,10 @@ def _add_whip(app: web.Application, monitor: Monitor, server: ServerConfig) -> N
     from swapwatch.stream.server.whip import StreamRejected, add_whip_routes
 
     async def on_source(source: Source) -> str:
+        cluster = app[STATE].cluster
+        name = str(source.name)
+        if cluster is not None and not await cluster.pin_local(name, source.url):
+            raise StreamRejected(f"name: a stream named {name!r} runs elsewhere in the cluster", 409)
         try:
             return await monitor.add_source(source, limit=server.max_streams)
         except ConfigError as err:  # the name is taken by a running stream
@@ -438,10 +443,16 @@ def _add_whip(app: web.Application, monitor: Monitor, server: ServerConfig) -> N
             raise StreamRejected(str(err), 429) from None
         except MonitorStoppedError as err:  # stopping: the publisher should come back later
             raise StreamRejected(str(err), 503) from None
+        finally:
+            if cluster is not None and name not in monitor.stream_names():
+                await cluster.unpin_local(name)
 
     async def on_end(name: str) -> None:
         with contextlib.suppress(StreamNotFoundError):  # already removed through the API
             await monitor.remove_stream(name)
+        cluster = app[STATE].cluster
+        if cluster is not None:
+            await cluster.unpin_local(name)
 
     ingest = add_whip_routes(app, on_source=on_source, on_end=on_end, config=server.whip_config())
     # A signal or --duration stops the monitor before the app shuts down: end the sessions first, so their
@@ -493,7 +504,29 @@ async def serve_monitor(
     check_security(server, token)
     feed = FeedSink(recent=server.recent_events, queue_size=server.feed_queue, max_clients=server.feed_max_clients)
     extra = [*monitor_kwargs.pop("extra_sinks", ()), feed]
-    monitor = Monitor(config, extra_sinks=extra, **monitor_kwargs)
+    monitor_config = config
+    store: ClusterStore | None = None
+    if config.cluster is not None:  # connect first: an unreachable cluster fails before the engine loads
+        from swapwatch.stream.cluster.membership import connect_cluster
+
+        store, cluster_sink = await connect_cluster(config)
+        extra.append(cluster_sink)
+        monitor_config = config.model_copy(update={"sources": []})  # they go to the cluster, not straight here
+    try:
+        async with _served(config, Monitor(monitor_config, extra_sinks=extra, **monitor_kwargs), feed, store,
+                           token=token, whip=whip, duration_s=duration_s, ready_timeout_s=ready_timeout_s) as served:
+            yield served
+    finally:
+        if store is not None:
+            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _served(
+    config: MonitorConfig, monitor: Monitor, feed: FeedSink, store: ClusterStore | None, *,
+    token: str | None, whip: bool, duration_s: float | None, ready_timeout_s: float,
+) -> AsyncIterator[Served]:
+    server = config.server
     run_task = asyncio.create_task(monitor.run(duration_s, serve=True), name="swapwatch-monitor")
     ready = asyncio.create_task(monitor.wait_ready())
     await asyncio.wait({run_task, ready}, timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -523,7 +556,14 @@ async def serve_monitor(
             raise SwapwatchError(f"server.port: cannot listen on {server.host}:{server.port}: {err.strerror or err}") from None
         port = _bound_port(runner, server.port)
         log.info("serve: listening on %s:%d (auth %s)", server.host, port, "on" if token and server.auth else "OFF")
-        yield Served(monitor, app, feed, server.host, port, run_task)
+        served = Served(monitor, app, feed, server.host, port, run_task)
+        async with contextlib.AsyncExitStack() as stack:
+            if store is not None:
+                from swapwatch.stream.cluster.membership import membership
+
+                app[STATE].cluster = await stack.enter_async_context(
+                    membership(config, store, monitor, feed, served.base_url))
+            yield served
     finally:
         if runner is not None:
             # WHIP sessions end (on_shutdown) while the monitor still runs, so their streams end cleanly.

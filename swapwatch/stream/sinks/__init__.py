@@ -138,7 +138,7 @@ class SinkSet:
     queue (`event_queue` items) and, if it takes frames, a bounded frame queue (`frame_queue` frames:
     small, frames are big). Must be used inside a running asyncio loop; workers start on first use.
     `on_drop(sink_name, kind)` is called for every dropped item (kind "event" or "frame"), e.g. to
-    count drops in Prometheus.
+    count drops in Prometheus. `node` (a cluster node's name) is written into every event that has none.
     """
 
     name = "sinks"
@@ -152,6 +152,7 @@ class SinkSet:
         drain_timeout_s: float = 5.0,
         close_timeout_s: float = 10.0,
         on_drop: Callable[[str, str], None] | None = None,
+        node: str | None = None,
     ) -> None:
         if event_queue < 1 or frame_queue < 1:
             raise ValueError("queue sizes must be at least 1")
@@ -160,6 +161,7 @@ class SinkSet:
         self.drain_timeout_s = drain_timeout_s
         self.close_timeout_s = close_timeout_s
         self.on_drop = on_drop
+        self.node = node
         self._started = False
         self._closed = False
 
@@ -208,6 +210,8 @@ class SinkSet:
         """Queue `event` for every sink and return at once."""
         if self._closed:
             raise RuntimeError("SinkSet is closed")
+        if self.node is not None and event.node is None:
+            event.node = self.node
         self.start()
         for lane in self._lanes:
             if _put_dropping_oldest(lane.events, event):
