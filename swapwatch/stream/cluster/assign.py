@@ -32,7 +32,11 @@ def assign(streams: Iterable[str], loads: Mapping[str, int], capacity: Mapping[s
 
 
 def surplus(me: str, loads: Mapping[str, int], capacity: Mapping[str, int]) -> bool:
-    """True when `me` owns at least two streams more than some other node that has room: handing one
-    over then evens the load without the stream bouncing back."""
+    """True when `me` should hand one stream over: it is the most loaded node (ties: the first name)
+    and owns at least two more than some other node with room. One node per round, so a joining node
+    is not flooded by every other node handing over at once."""
     mine = loads.get(me, 0)
-    return any(n != me and load + 2 <= mine and load < capacity.get(n, 0) for n, load in loads.items())
+    busiest = min(loads, key=lambda n: (-loads[n], n)) if loads else me
+    return busiest == me and any(
+        n != me and load + 2 <= mine and load < capacity.get(n, 0) for n, load in loads.items()
+    )

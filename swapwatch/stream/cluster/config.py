@@ -35,10 +35,11 @@ class ClusterConfig(StrictModel):
     )
     capacity: int = Field(8, ge=0, description="Most streams this node owns at once (0: WHIP only, claims none).")
     lease_ttl_s: float = Field(
-        6.0, gt=0.5, description="A lease not renewed for this long expires (enforced by the KV bucket's max age)."
+        10.0, gt=0.5, description="A lease not renewed for this long expires (enforced by the KV bucket's max age). "
+        "Keep it above a NATS leader election (a few seconds) plus stop_margin, or a broker failover pauses streams.",
     )
     renew_s: float = Field(
-        1.5, gt=0.05, description="Seconds between renewals and claims; a dead node's streams move within "
+        2.0, gt=0.05, description="Seconds between renewals and claims; a dead node's streams move within "
         "lease_ttl_s + renew_s.",
     )
     bucket_prefix: str = Field("swapwatch", description="Prefix of the KV buckets (desired streams, leases, nodes).")
@@ -99,5 +100,5 @@ class ClusterConfig(StrictModel):
     @property
     def stop_margin_s(self) -> float:
         """A node stops a stream this long before its lease can expire on the server when it cannot renew,
-        so the stream has ended here before another node may claim it."""
-        return self.renew_s
+        so the stream has ended here (its last frames scored) before another node may claim it."""
+        return min(self.lease_ttl_s / 2, self.renew_s * 1.5)

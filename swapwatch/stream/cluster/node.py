@@ -11,7 +11,8 @@ Every `renew_s` the node, in this order:
    - marks streams that ended or failed here as done (they are not restarted elsewhere) and releases them;
    - claims the unowned streams the assignment gives it, up to its capacity (or any stream left
      unowned for three rounds, whoever was meant to take it), and starts them;
-   - hands one stream over when it owns at least two more than a node with room (`rebalance`).
+   - hands one stream over when it is the busiest node and owns at least two more than a node with
+     room (`rebalance`; not in a round in which it claimed, and at most once every three rounds).
 
 A node waits two rounds after joining before it claims, so nodes started together see each other and
 share the streams rather than the first one taking all. WHIP streams are pinned: the node that
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 JOIN_ROUNDS = 2
 ORPHAN_ROUNDS = 3
+HANDOVER_ROUNDS = 3
 
 
 class StreamExists(ConfigError):
@@ -122,6 +124,7 @@ class ClusterNode:
         self._stops: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._joined_round: int | None = None
+        self._handed_over_round = 0
         self._closed = False
 
     @property
@@ -188,8 +191,8 @@ class ClusterNode:
         await self._reconcile_owned(snap)
         await self._forget_orphans(snap)
         if self.stats.rounds - self._joined_round >= JOIN_ROUNDS:
-            await self._claim(snap)
-            if self.rebalance:
+            claimed = await self._claim(snap)
+            if self.rebalance and not claimed and self.stats.rounds - self._handed_over_round >= HANDOVER_ROUNDS:
                 await self._hand_over(snap)
 
     async def read(self) -> Snapshot:
@@ -264,40 +267,44 @@ class ClusterNode:
         loads[self.name] = max(loads[self.name], len(self.leases.held))
         return loads, capacity
 
-    async def _claim(self, snap: Snapshot) -> None:
+    async def _claim(self, snap: Snapshot) -> int:
+        """Claim what the assignment gives this node; how many streams it started."""
         unowned = [n for n, e in snap.desired.items()
                    if n not in snap.leases and not e.value.get("done") and not e.value.get("pinned")]
         self._unowned_since = {n: self._unowned_since.get(n, self.stats.rounds) for n in unowned}
         if not unowned:
-            return
+            return 0
         loads, capacity = self._loads(snap)
         plan = assign(unowned, loads, capacity)
+        started = 0
         for name in sorted(unowned):
             if len(self.leases.held) >= self.config.capacity:
                 break
             orphaned = self.stats.rounds - self._unowned_since[name] >= ORPHAN_ROUNDS
             if plan.get(name) != self.name and not orphaned:
                 continue
-            await self._claim_one(name, snap.desired[name])
+            started += await self._claim_one(name, snap.desired[name])
+        return started
 
-    async def _claim_one(self, name: str, entry: KvEntry) -> None:
+    async def _claim_one(self, name: str, entry: KvEntry) -> int:
         try:
             config = SourceConfig.model_validate(entry.value.get("source", {}))
         except ValidationError as err:
             log.warning("cluster: %s: the desired entry is not a valid stream config; skipped: %s", log_text(name), err)
-            return
+            return 0
         lease = await self.leases.claim(name)
         if lease is None:
-            return
+            return 0
         try:
             await self.monitor.add_source(self.open_stream(config))
         except Exception as err:  # noqa: BLE001 - give the stream back for another node rather than hold it idle
             log.warning("cluster: %s: cannot start here (%s); releasing it", log_text(name), err)
             await self.leases.release(name)
-            return
+            return 0
         self.stats.claimed += 1
         self._unowned_since.pop(name, None)
         log.info("cluster: %s: claimed (lease revision %d)", log_text(name), lease.revision)
+        return 1
 
     async def _hand_over(self, snap: Snapshot) -> None:
         loads, capacity = self._loads(snap)
@@ -311,6 +318,7 @@ class ClusterNode:
         await self._stop_now(name, "handed over to another node")
         await self.leases.release(name)
         self.stats.handed_over += 1
+        self._handed_over_round = self.stats.rounds
 
     # -- stopping --------------------------------------------------------------------------------------
     def _local_status(self, name: str) -> dict[str, Any] | None:

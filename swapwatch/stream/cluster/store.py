@@ -17,6 +17,7 @@ disagree on the TTL would not agree on who owns what.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -186,8 +187,9 @@ class ClusterStore:
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), self.config.request_timeout_s)
-            except Exception:
-                await nc.close()
+            except Exception:  # noqa: BLE001 - not connected (reconnecting, partitioned): just close
+                with contextlib.suppress(Exception):
+                    await nc.close()
 
 
 def encode(value: dict[str, Any]) -> bytes:

@@ -1,0 +1,175 @@
+"""The cluster end to end with real servers on loopback: a 3-node nats-server cluster, monitor nodes
+that are real `swapwatch serve --cluster` processes, and six RTSP streams from the GStreamer RTSP server.
+
+The tests run in order on one module-wide rig (starting it costs ~20 s): spread, kill a monitor node,
+partition one from NATS, kill the JetStream leader. Lease timing is the rig's fast setting (TTL 5 s,
+renewal every 1 s), so a dead node's streams must move within 5 s plus the time to open the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from swapwatch.stream.bench.cluster_rig import ClusterRig, MonitorNode, overlaps, running_on, scoring_events
+from swapwatch.stream.bench.nats_cluster import LocalNatsCluster, find_nats_server
+from swapwatch.stream.bench.rtsp_replay import RtspServer, choose_backend, start_rtsp_server
+from swapwatch.stream.bench.tcp_proxy import TcpProxy
+from tests.stream.conftest import write_face_clip
+
+TTL_S, RENEW_S = 5.0, 1.0
+STREAMS = [f"cam{i}" for i in range(6)]
+# A stream moves within the TTL and one renewal; opening the RTSP stream and its first frame come on top.
+TAKEOVER_BOUND_S = TTL_S + RENEW_S + 4.0
+
+pytestmark = [
+    pytest.mark.skipif(find_nats_server() is None, reason="nats-server is not installed (apt-get install nats-server)"),
+    pytest.mark.skipif(choose_backend()[0] is None, reason=f"no RTSP server: {choose_backend()[1]}"),
+]
+
+
+@dataclass
+class Rig:
+    nats: LocalNatsCluster
+    rtsp: RtspServer
+    monitors: ClusterRig
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    root = tmp_path_factory.mktemp("cluster")
+    clip = write_face_clip(root / "clip.mp4", width=320, height=180, fps=10, seconds=4)
+    rtsp = start_rtsp_server(clip, root / "rtsp")
+    nats = LocalNatsCluster(root / "nats", 3).start()
+    monitors = ClusterRig(root / "nodes", nats.url_list)
+    try:
+        yield Rig(nats, rtsp, monitors, root)
+    finally:
+        monitors.stop()
+        nats.stop()
+        rtsp.stop()
+
+
+def owners(view: list[dict]) -> dict[str, str | None]:
+    return {entry["name"]: entry["node"] for entry in view}
+
+
+def test_every_stream_is_owned_by_exactly_one_node(rig: Rig) -> None:
+    nodes = rig.monitors.start_nodes(3)
+    for name in STREAMS:
+        rig.monitors.add_stream(name, rig.rtsp.url, via=nodes[STREAMS.index(name) % 3])
+    rig.monitors.wait_until(lambda v: set(running_on(v)) == set(STREAMS), timeout_s=60)
+    time.sleep(2.0)  # a few summaries from every stream
+    views = [rig.monitors.view(via=n) for n in nodes]
+    assert all(owners(v) == owners(views[0]) for v in views), "every node's API shows the same owners"
+    per_node = {n.name: sorted(s for s, o in owners(views[0]).items() if o == n.name) for n in nodes}
+    assert all(len(streams) == 2 for streams in per_node.values()), per_node  # spread by load
+    scored_by: dict[str, set[str]] = {}
+    for node in nodes:
+        for event in scoring_events(node.events()):
+            scored_by.setdefault(event["stream"], set()).add(event["node"])
+    assert {s: len(n) for s, n in scored_by.items()} == dict.fromkeys(STREAMS, 1)
+    assert all(next(iter(scored_by[s])) == owners(views[0])[s] for s in STREAMS)
+
+
+def test_killed_node_streams_move_within_ttl_and_renewal(rig: Rig) -> None:
+    m = rig.monitors
+    victim = m.nodes["m0"]
+    before = owners(m.view())
+    moved = sorted(s for s, o in before.items() if o == victim.name)
+    assert moved
+    survivor = m.nodes["m1"]
+    victim.kill()
+    took = m.wait_until(lambda v: all(running_on(v).get(s) not in (None, victim.name) for s in moved),
+                        timeout_s=TAKEOVER_BOUND_S + 10, via=survivor)
+    print(f"takeover of {moved} after kill -9: {took:.2f} s")
+    assert took <= TAKEOVER_BOUND_S
+    assert set(running_on(m.view(via=survivor))) == set(STREAMS)
+    time.sleep(1.5)
+    assert overlaps({n.name: n.events() for n in m.nodes.values()}) == []
+    victim.start()  # same events file and outbox: what it had not published goes out now
+    victim.wait_ready()
+
+
+def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig) -> None:
+    m = rig.monitors
+    proxies = [TcpProxy("127.0.0.1", int(url.rsplit(":", 1)[1])) for url in rig.nats.urls]
+    try:
+        cut_off = m.add_node("m3", cluster_urls=",".join(p.url for p in proxies))
+        cut_off.wait_ready()
+        m.wait_until(lambda v: cut_off.name in running_on(v).values(), timeout_s=30)
+        held = sorted(s for s, o in running_on(m.view()).items() if o == cut_off.name)
+        cut_at = time.time()
+        for proxy in proxies:
+            proxy.cut()
+        others = m.nodes["m1"]
+        took = m.wait_until(lambda v: all(running_on(v).get(s) not in (None, cut_off.name) for s in held),
+                            timeout_s=TAKEOVER_BOUND_S + 10, via=others)
+        print(f"takeover of {held} from the partitioned node: {took:.2f} s")
+        last_scored = max(
+            (e["time"] for e in scoring_events(cut_off.events()) if e["stream"] in held), default=""
+        )
+        assert last_scored and _ts(last_scored) <= cut_at + TTL_S, "the cut-off node kept scoring past its lease"
+        for proxy in proxies:
+            proxy.heal()
+        time.sleep(4 * RENEW_S)  # it reconnects and runs a few rounds
+        now = running_on(m.view(via=others))
+        assert all(now.get(s) != cut_off.name or _won_again(cut_off, s, cut_at) for s in held)
+        assert overlaps({n.name: n.events() for n in m.nodes.values()}) == []
+        assert cut_off.stop() == 0  # connected again: it hands its streams back and flushes its events
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _won_again(node: MonitorNode, stream: str, after: float) -> bool:
+    """The node runs `stream` again only through a new claim (logged), never by resuming the old lease."""
+    log = node.log_path.read_text(errors="replace")
+    return f"cluster: {stream}: claimed" in log.split("reconnected to NATS", 1)[-1]
+
+
+def test_killing_the_jetstream_leader_loses_no_event_and_stores_none_twice(rig: Rig) -> None:
+    m = rig.monitors
+    live = [n for n in m.nodes.values() if n.alive]
+    assert len(live) == 3
+    offsets = {n.name: len(n.events()) for n in live}
+    leader = rig.nats.stream_leader("SWAPWATCH_EVENTS")
+    assert leader is not None
+    rig.nats.kill(leader)
+    time.sleep(6.0)  # events keep coming while the stream elects a new leader
+    rig.nats.restart(leader)
+    time.sleep(2.0)
+    for node in live:
+        assert node.stop() == 0, node.log_path.read_text()[-3000:]
+    emitted = [e["id"] for n in live for e in n.events()[offsets[n.name]:]]
+    assert len(emitted) > 50
+    stored = asyncio.run(_stored_ids(rig.nats.urls))
+    assert len(stored) == len(set(stored)), "an event is in the durable stream twice"
+    missing = set(emitted) - set(stored)
+    assert not missing, f"{len(missing)} of {len(emitted)} events missing from the durable stream"
+
+
+async def _stored_ids(urls: list[str]) -> list[str]:
+    import nats
+
+    from swapwatch.stream.cluster.config import ClusterConfig
+    from swapwatch.stream.cluster.event_log import read_events
+
+    nc = await nats.connect(servers=urls)
+    try:
+        events, _ = await read_events(nc.jetstream(), ClusterConfig(urls=urls), limit=10**6, scan=10**6, timeout_s=5)
+    finally:
+        await nc.close()
+    return [e.id for e in events]
