@@ -78,6 +78,36 @@ def test_every_stream_is_owned_by_exactly_one_node(rig: Rig) -> None:
     assert all(next(iter(scored_by[s])) == owners(views[0])[s] for s in STREAMS)
 
 
+def test_any_node_answers_for_the_whole_cluster(rig: Rig) -> None:
+    a, b, c = (rig.monitors.nodes[n] for n in ("m0", "m1", "m2"))
+    owner = owners(rig.monitors.view())["cam0"]
+    assert a.api("POST", "/api/streams", {"name": "cam0", "url": rig.rtsp.url})[0] == 409
+    assert rig.monitors.remove_stream("no-such-stream", via=b) == 404
+    status, body = b.api("GET", "/api/events?stream=cam0&type=summary&limit=5")
+    assert status == 200 and body["source"] == "cluster" and body["count"] == 5
+    assert {(e["stream"], e["type"], e["node"]) for e in body["events"]} == {("cam0", "summary", owner)}
+    status, body = c.api("GET", "/api/status")
+    assert status == 200
+    assert {n["node"] for n in body["cluster"]["nodes"]} == {"m0", "m1", "m2"}
+    assert set(body["streams"]) == set(STREAMS)
+    assert {body["streams"][s].get("node", "m2") for s in STREAMS} == {"m0", "m1", "m2"}
+
+
+def test_a_stream_removed_through_any_node_stops_on_its_owner(rig: Rig) -> None:
+    m = rig.monitors
+    owner = m.nodes[owners(m.view())["cam5"]]
+    other = next(n for n in m.nodes.values() if n is not owner)
+    assert m.remove_stream("cam5", via=other) == 202
+    m.wait_until(lambda v: "cam5" not in owners(v), timeout_s=10)
+    removed_at = time.time()
+    m.wait_until(lambda v: "cam5" not in running_on(v), timeout_s=10, via=owner)
+    time.sleep(3 * RENEW_S)
+    late = [e for e in scoring_events(owner.events()) if e["stream"] == "cam5" and _ts(e["time"]) > removed_at + 2 * RENEW_S]
+    assert late == []
+    m.add_stream("cam5", rig.rtsp.url, via=other)
+    m.wait_until(lambda v: set(running_on(v)) == set(STREAMS), timeout_s=30)
+
+
 def test_killed_node_streams_move_within_ttl_and_renewal(rig: Rig) -> None:
     m = rig.monitors
     victim = m.nodes["m0"]
