@@ -9,6 +9,7 @@ renewal every 1 s), so a dead node's streams must move within 5 s plus the time 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from swapwatch.stream.bench.nats_cluster import LocalNatsCluster, find_nats_serv
 from swapwatch.stream.bench.rtsp_replay import RtspServer, choose_backend, start_rtsp_server
 from swapwatch.stream.bench.tcp_proxy import TcpProxy
 from tests.stream.conftest import write_face_clip
+from tests.stream.server.chromium import Chromium, chromium_path
 
 TTL_S, RENEW_S = 5.0, 1.0
 STREAMS = [f"cam{i}" for i in range(6)]
@@ -91,6 +93,31 @@ def test_any_node_answers_for_the_whole_cluster(rig: Rig) -> None:
     assert {n["node"] for n in body["cluster"]["nodes"]} == {"m0", "m1", "m2"}
     assert set(body["streams"]) == set(STREAMS)
     assert {body["streams"][s].get("node", "m2") for s in STREAMS} == {"m0", "m1", "m2"}
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="needs Chromium: apt-get install -y chromium")
+def test_one_dashboard_shows_every_nodes_streams(rig: Rig, tmp_path: Path) -> None:
+    node = rig.monitors.nodes["m2"]
+    shot = tmp_path / "cluster-dashboard.png"
+    read_tiles = ("JSON.stringify([...document.querySelectorAll('#tiles .tile')]"
+                  ".map(t => [t.dataset.stream, t.dataset.node, t.dataset.sourceState]))")
+
+    async def scenario() -> list[list[str]]:
+        async with Chromium(tmp_path / "profile") as browser:
+            page = await browser.open(node.base_url + "/")
+            tiles: list[list[str]] = []
+            for _ in range(150):
+                tiles = json.loads(await page.evaluate(read_tiles))
+                if len(tiles) == len(STREAMS) and {t[1] for t in tiles} == {"m0", "m1", "m2"}:
+                    await page.screenshot(shot)
+                    break
+                await asyncio.sleep(0.2)
+            return tiles
+
+    tiles = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert {name: owner for name, owner, _ in tiles} == owners(rig.monitors.view())
+    assert {state for _, _, state in tiles} == {"live"}
+    assert shot.stat().st_size > 10_000
 
 
 def test_a_stream_removed_through_any_node_stops_on_its_owner(rig: Rig) -> None:

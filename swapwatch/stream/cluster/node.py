@@ -209,8 +209,9 @@ class ClusterNode:
         for name in self.leases.held:
             with contextlib.suppress(LookupError):
                 st = self.monitor.stream_status(name)
-                streams[name] = {k: st.get(k) for k in ("source_state", "state", "max_score", "fps", "frames",
-                                                       "faces_scored", "running")}
+                streams[name] = {k: st.get(k) for k in ("source_state", "state", "max_score", "top_score", "fps",
+                                                       "frames", "faces_scored", "running", "tracks", "error",
+                                                       "latency_recent_ms")}
         value = {"node": self.name, "api_url": self.api_url, "capacity": self.config.capacity,
                  "streams": streams, "time": _now_iso()}
         with contextlib.suppress(*nats_errors()):

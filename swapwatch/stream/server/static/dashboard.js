@@ -6,7 +6,7 @@
 // a new ticket is fetched and the feed reopened. With auth off on the server, no token is asked for.
 //
 // Everything a test needs is in stable attributes: tiles are `.tile[data-stream=NAME]` with
-// data-state (clear|suspicious|alert) and data-source-state; faces are `.face[data-track][data-state][data-score]`;
+// data-state (clear|suspicious|alert), data-source-state and data-node (cluster: the node running it); faces are `.face[data-track][data-state][data-score]`;
 // events are `#event-log li[data-type][data-stream][data-state]`; `#alerts[data-count]`; `#conn[data-state]`.
 "use strict";
 
@@ -160,6 +160,12 @@ function renderStatus(status) {
     tile.dataset.running = s.running ? "true" : "false";
     tile.querySelector(".source-state").textContent = s.source_state || "";
     tile.querySelector(".verdict").textContent = s.state || "clear";
+    // In a cluster every node shows every stream; the badge says which node runs it (none: pending).
+    const nodeBadge = tile.querySelector(".node");
+    const owner = status.cluster ? (s.node || status.cluster.node) : null;
+    nodeBadge.hidden = !status.cluster;
+    nodeBadge.textContent = owner ? `on ${owner}` : "unassigned";
+    tile.dataset.node = owner || "";
     tile.querySelector(".fps").textContent = fmt(s.fps, 1);
     const lat = s.latency_recent_ms || s.latency_ms;
     tile.querySelector(".latency").textContent = lat ? `${fmt(lat.p50, 0)} / ${fmt(lat.p95, 0)} ms` : "-";
