@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,11 @@ def test_any_node_answers_for_the_whole_cluster(rig: Rig) -> None:
     assert {n["node"] for n in body["cluster"]["nodes"]} == {"m0", "m1", "m2"}
     assert set(body["streams"]) == set(STREAMS)
     assert {body["streams"][s].get("node", "m2") for s in STREAMS} == {"m0", "m1", "m2"}
+    with urllib.request.urlopen(c.base_url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "swapwatch_cluster_connected 1.0" in metrics
+    assert "swapwatch_cluster_leases 2.0" in metrics
+    assert 'swapwatch_cluster_lease_changes_total{kind="claimed"}' in metrics
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="needs Chromium: apt-get install -y chromium")

@@ -559,10 +559,13 @@ async def _served(
         served = Served(monitor, app, feed, server.host, port, run_task)
         async with contextlib.AsyncExitStack() as stack:
             if store is not None:
+                from swapwatch.stream.cluster.event_log import ClusterEventSink
                 from swapwatch.stream.cluster.membership import membership
 
-                app[STATE].cluster = await stack.enter_async_context(
-                    membership(config, store, monitor, feed, served.base_url))
+                node = await stack.enter_async_context(membership(config, store, monitor, feed, served.base_url))
+                app[STATE].cluster = node
+                sink = monitor.sinks.get(ClusterEventSink) if monitor.sinks is not None else None
+                app[STATE].metrics.watch_cluster(node, (lambda: sink.depth) if sink is not None else (lambda: 0))
             yield served
     finally:
         if runner is not None:

@@ -8,7 +8,11 @@ so the label set stays bounded whatever clients send.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swapwatch.stream.cluster.node import ClusterNode
 
 
 class ServerMetrics:
@@ -18,6 +22,7 @@ class ServerMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry()
+        self.namespace = namespace
         reg, ns = self.registry, namespace
         self.requests = Counter(
             "http_requests", "HTTP requests answered, by method, route pattern and status.",
@@ -37,6 +42,35 @@ class ServerMetrics:
         for kind in ("sse", "ws"):
             self.feed_clients.labels(kind)
             self.feed_dropped.labels(kind)
+
+    def watch_cluster(self, node: ClusterNode, events_pending: Callable[[], int]) -> None:
+        """Export the cluster node's state, read at each scrape: connected, leases held, events not yet in
+        the durable stream, and lease counters by kind (claimed, lost, fenced, released, handed_over)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.registry import Collector
+
+        ns = self.namespace
+
+        class ClusterCollector(Collector):
+            def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+                for name, text, value in (
+                    ("cluster_connected", "1 while this node is connected to NATS.", float(node.store.connected)),
+                    ("cluster_leases", "Streams this node holds a lease on.", float(len(node.leases.held))),
+                    ("cluster_events_pending", "Events in the outbox, not yet acknowledged by the durable stream.",
+                     float(events_pending())),
+                ):
+                    gauge = GaugeMetricFamily(f"{ns}_{name}", text)
+                    gauge.add_metric([], value)
+                    yield gauge
+                counter = CounterMetricFamily(f"{ns}_cluster_lease_changes", "Lease changes on this node, by kind: "
+                                              "claimed, lost (another node holds it), fenced (stopped at the local "
+                                              "deadline), released, handed_over.", labels=["kind"])
+                stats = node.stats
+                for kind in ("claimed", "lost", "fenced", "released", "handed_over"):
+                    counter.add_metric([kind], float(getattr(stats, kind)))
+                yield counter
+
+        self.registry.register(ClusterCollector())
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
