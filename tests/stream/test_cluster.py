@@ -141,6 +141,34 @@ def test_a_stream_removed_through_any_node_stops_on_its_owner(rig: Rig) -> None:
     m.wait_until(lambda v: set(running_on(v)) == set(STREAMS), timeout_s=30)
 
 
+def test_a_webrtc_stream_is_pinned_to_the_node_that_accepted_it(rig: Rig) -> None:
+    from swapwatch.stream.bench.whip_client import FileTrack, publish
+
+    m = rig.monitors
+    ingest = m.add_node("w0", whip=True, settings={"cluster.capacity": "0"})  # WHIP only: claims nothing
+    ingest.wait_ready()
+    other = m.nodes["m1"]
+
+    async def scenario() -> None:
+        track = FileTrack(rig.root / "clip.mp4", loop=True)
+        session = await publish(ingest.base_url + "/whip/desk1", track)
+        try:
+            await session.wait_connected()
+            await asyncio.to_thread(m.wait_until, lambda v: running_on(v).get("desk1") == "w0", timeout_s=30,
+                                    via=other)
+            entry = next(e for e in m.view(via=other) if e["name"] == "desk1")
+            assert entry["pinned"] == "w0"
+            assert set(running_on(m.view(via=other))) == {*STREAMS, "desk1"}  # nothing moved to make room
+        finally:
+            await session.close()
+        await asyncio.to_thread(m.wait_until, lambda v: "desk1" not in owners(v), timeout_s=15, via=other)
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+    status, body = other.api("GET", "/api/events?stream=desk1&limit=1000")
+    assert status == 200 and body["count"] > 0 and {e["node"] for e in body["events"]} == {"w0"}
+    assert ingest.stop() == 0
+
+
 def test_killed_node_streams_move_within_ttl_and_renewal(rig: Rig) -> None:
     m = rig.monitors
     victim = m.nodes["m0"]

@@ -62,6 +62,7 @@ class MonitorNode:
     root: Path
     cluster_urls: str
     settings: dict[str, str]
+    whip: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -83,8 +84,8 @@ class MonitorNode:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-c", _RUN_CLI, "serve", "--no-auth", "--no-whip", "--host", "127.0.0.1",
-               "--port", str(self.port), "--cluster", self.cluster_urls, "--node", self.name,
+        cmd = [sys.executable, "-c", _RUN_CLI, "serve", "--no-auth", *([] if self.whip else ["--no-whip"]),
+               "--host", "127.0.0.1", "--port", str(self.port), "--cluster", self.cluster_urls, "--node", self.name,
                "--events", str(self.events_path)]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={value}"]
@@ -162,9 +163,11 @@ class ClusterRig:
         self.settings = {**MONITOR_SETTINGS, **FAST_LEASES, **(settings or {})}
         self.nodes: dict[str, MonitorNode] = {}
 
-    def add_node(self, name: str | None = None, *, cluster_urls: str | None = None, start: bool = True) -> MonitorNode:
+    def add_node(self, name: str | None = None, *, cluster_urls: str | None = None, whip: bool = False,
+                 settings: dict[str, str] | None = None, start: bool = True) -> MonitorNode:
         name = name or f"m{len(self.nodes)}"
-        node = MonitorNode(name, self.root, cluster_urls or self.cluster_urls, dict(self.settings))
+        node = MonitorNode(name, self.root, cluster_urls or self.cluster_urls, {**self.settings, **(settings or {})},
+                           whip=whip)
         self.nodes[name] = node
         if start:
             node.start()
