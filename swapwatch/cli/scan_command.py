@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
+
+if TYPE_CHECKING:
+    from swapwatch.engine.onnx_runtime import OnnxEngine
 
 EXIT_PARTIAL = 3
 """Some inputs could not be read, others could (2 is taken: argparse and config errors)."""
@@ -46,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", action="store_true", help="also scan the real face photos that installed packages ship")
     p.add_argument("--out", type=Path, help="write JSON Lines here (default: print to stdout)")
     p.add_argument("--model", type=Path, help="exported .onnx with its sidecar (default: the embedded model)")
+    p.add_argument("--engine", metavar="URL",
+                   help="run the detector on NVIDIA Triton Inference Server: triton://HOST:PORT/MODEL[/VERSION] (gRPC; "
+                   "needs the [cluster] extra; model and sidecar come from the server, so no --model; docs/triton.md)")
     p.add_argument("--every", type=int, default=1, help="score every Nth video frame (default 1: every frame)")
     p.add_argument("--max-frames", type=int, help="stop after this many scored frames per video")
     p.add_argument("--crops", action="store_true", help="treat images as already aligned face crops")
@@ -62,6 +69,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="face-stage worker threads: alignment, and detection too with --detect-every 1 (default 2)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per session (default 1)")
     p.add_argument("--stats", type=Path, help="write the run's counters (frames, faces, batches, peak queue sizes) as JSON")
+
+
+def _remote_engine(args: argparse.Namespace) -> OnnxEngine | None:
+    """`--engine triton://...`: the engine on the Triton server (None: the local ONNX Runtime one)."""
+    if args.engine is None:
+        return None
+    from swapwatch.engine.select import load_engine
+    from swapwatch.engine.triton_runtime import parse_triton_url
+    from swapwatch.errors import ConfigError
+
+    url = parse_triton_url(args.engine, "--engine")
+    if args.model is not None:
+        raise ConfigError(f"--engine {url}: the model and its sidecar come from the server; leave out --model")
+    # Scanner is annotated with OnnxEngine but uses only the Engine interface, which TritonEngine implements
+    return cast("OnnxEngine", load_engine(str(url), "triton"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
         options["detect_every"] = args.detect_every
     if args.batch is not None:
         options["batch"] = args.batch
-    scanner = Scanner(model=args.model, **options)
+    engine = _remote_engine(args)
+    scanner = Scanner(model=args.model, engine=engine, **options)
     failures = 0
     with ExitStack() as stack:
+        if engine is not None:
+            stack.callback(engine.close)
         out = None
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no token (local use): refused unless the host is a loopback address, and then only requests "
                    "addressed to localhost, 127.0.0.1 or [::1] are answered, and none that a foreign web page sends")
     p.add_argument("--model", type=Path, help="deepfake detector (.onnx with its sidecar, .plan, ...); default: embedded")
+    p.add_argument("--engine", metavar="URL",
+                   help="run the detector on NVIDIA Triton Inference Server: triton://HOST:PORT/MODEL[/VERSION] (gRPC; "
+                   "needs the [cluster] extra; model and sidecar come from the server, so no --model; docs/triton.md)")
     p.add_argument("--no-whip", action="store_true", help="leave out WebRTC ingest (/whip, /offer)")
     p.add_argument("--cluster", metavar="URLS",
                    help="join a cluster of monitors: comma-separated NATS URLs, e.g. nats://h1:4222,nats://h2:4222 "
@@ -63,6 +66,9 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["sinks.jsonl.path"] = str(args.events)
     if args.model is not None:
         overrides["engine.model"] = str(args.model)
+    if args.engine is not None:
+        overrides["engine.backend"] = "triton"
+        overrides["engine.url"] = args.engine
     if args.cluster is not None:
         overrides["cluster.urls"] = [u.strip() for u in args.cluster.split(",") if u.strip()]
     if args.node is not None:

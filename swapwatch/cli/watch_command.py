@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "are scored (--no-realtime); default: the config's `realtime` (paced)")
     p.add_argument("--model", type=Path, help="deepfake detector (.onnx with its sidecar, .plan, .ep, .pt); default: embedded")
     p.add_argument("--backend", choices=_BACKENDS, help="inference backend (default: the config's, auto)")
+    p.add_argument("--engine", metavar="URL",
+                   help="run the detector on NVIDIA Triton Inference Server: triton://HOST:PORT/MODEL[/VERSION] (gRPC; "
+                   "needs the [cluster] extra; model and sidecar come from the server, so no --model; docs/triton.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="override any config field by its dotted path, e.g. --set smoothing.alert_enter=0.9 "
                    "--set faces.detect_every=2 (the value is read as YAML); repeatable")
@@ -90,6 +93,13 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["engine.model"] = str(args.model)
     if args.backend is not None:
         overrides["engine.backend"] = args.backend
+    if args.engine is not None:
+        if args.backend is not None:
+            from swapwatch.errors import ConfigError
+
+            raise ConfigError(f"--engine {args.engine}: runs on backend triton; leave out --backend {args.backend}")
+        overrides["engine.backend"] = "triton"
+        overrides["engine.url"] = args.engine
     if args.no_console:
         overrides["sinks.console"] = None
     for text in args.set_values:

@@ -7,6 +7,11 @@ Formats and precisions (`swapwatch export --format F --precision P`):
 | onnx | folded graph, dynamic batch | + swapwatch.calib.fp16 (mixed FP16 graph) | + swapwatch.calib.int8 (Q/DQ graph from calibration crops) |
 | tensorrt | ONNX above -> TensorRT plan | FP16 ONNX -> plan | Q/DQ ONNX -> plan |
 | torch-tensorrt | compiled program (.ep) | Torch-TensorRT autocast | refused (needs ModelOpt) |
+| triton-repo | a Triton model repository around the onnx (or, `platform="tensorrt"`, tensorrt) export above | as onnx / tensorrt | as onnx / tensorrt |
+
+`export_triton_repo` exports into `REPO/NAME/VERSION/model.onnx|model.plan` and writes config.pbtxt
+(swapwatch/engine/triton_repo.py, which also lays out a repository around an existing .onnx or plan,
+or the embedded default model, without torch).
 
 TensorRT 11 takes the precision from the ONNX graph (no builder flags), so a TensorRT plan keeps the
 ONNX it was built from beside it (`model.plan` + `model.onnx`): the plan cache rebuilds stale plans from
@@ -44,6 +49,13 @@ from swapwatch.engine.metadata import (
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.engine.plan_cache import descriptor_path
 from swapwatch.engine.torch_runtime import checkpoint_crop_size, checkpoint_margin, metadata_for_checkpoint
+from swapwatch.engine.triton_repo import (
+    DEFAULT_NAME,
+    DEFAULT_QUEUE_DELAY_US,
+    TritonRepo,
+    check_repo_options,
+    write_triton_repo,
+)
 from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ConfigError, ModelFileError, SwapwatchError
 from swapwatch.samples import model_sample_crops, sample_crops  # noqa: F401 - sample_crops re-exported for callers of export
@@ -354,7 +366,34 @@ def export_engine(
                                  device=device)
 
 
+def export_triton_repo(
+    checkpoint: Path, repo: Path, platform: Literal["onnx", "tensorrt"] = "onnx", precision: Precision = "fp32", *,
+    name: str = DEFAULT_NAME, version: int = 1, max_batch: int = 32, max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    opset: int = 17, tolerance: float | None = None, crops: np.ndarray | None = None,
+    calib_crops: np.ndarray | None = None, profile: BatchProfile | None = None, workspace_bytes: int | None = 1 << 30,
+    timing_cache: Path | None = None, device: int = 0, calib_source: str | None = None,
+) -> tuple[ExportReport, TritonRepo]:
+    """Export `checkpoint` (onnx, or a TensorRT plan with a profile up to `max_batch`) straight into a Triton
+    model repository, `REPO/NAME/VERSION/model.onnx|model.plan` with its sidecar, and write config.pbtxt."""
+    if platform not in ("onnx", "tensorrt"):
+        raise ConfigError(f"--triton-platform: {platform!r} is not one of onnx, tensorrt")
+    check_repo_options(name, version, max_batch, max_queue_delay_us)  # before the slow export
+    out = repo / name / str(version) / ("model.onnx" if platform == "onnx" else "model.plan")
+    if platform == "tensorrt":
+        profile = profile or BatchProfile(max_batch=max_batch, opt_batch=min(8, max_batch))
+        if profile.max_batch != max_batch:
+            raise ConfigError(f"--max-batch {max_batch}: the TensorRT profile must end at the same batch "
+                              f"(profile max_batch {profile.max_batch})")
+    report = export_engine(checkpoint, out, platform, precision, opset=opset, tolerance=tolerance, crops=crops,
+                           calib_crops=calib_crops, profile=profile, workspace_bytes=workspace_bytes,
+                           timing_cache=timing_cache, device=device, calib_source=calib_source)
+    layout = write_triton_repo(out, repo, name, version=version, max_batch=max_batch,
+                               max_queue_delay_us=max_queue_delay_us)
+    report.files.append(layout.config)
+    return report, layout
+
+
 __all__ = [
     "BackendUnavailable", "ExportReport", "calib_function", "default_tolerance", "export_engine", "export_onnx",
-    "export_reduced_onnx", "export_tensorrt", "export_torch_tensorrt", "sample_crops",
+    "export_reduced_onnx", "export_tensorrt", "export_torch_tensorrt", "export_triton_repo", "sample_crops",
 ]

@@ -14,8 +14,12 @@ took and why:
    A backend that turns out to be unusable (BackendUnavailable, or a TensorRT build that fails on this
    model) is logged as a WARNING and the next one is tried; other errors (a bad model file) propagate.
 
-Importing this module never imports torch (the monitor install has none); probing for TensorRT imports
-torch only when the tensorrt package is installed, i.e. on a GPU install.
+`triton` is never picked by `auto`: it sends preprocessed batches to a model served by NVIDIA Triton
+Inference Server (`backend: triton` with `url: triton://HOST:PORT/MODEL[/VERSION]`, or
+`load_engine("triton://...")`); see swapwatch/engine/triton_runtime.py and docs/triton.md.
+
+Importing this module never imports torch (the monitor install has none) nor tritonclient; probing for
+TensorRT imports torch only when the tensorrt package is installed, i.e. on a GPU install.
 """
 
 from __future__ import annotations
@@ -26,19 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from swapwatch.config import StrictModel
 from swapwatch.engine.base import BackendUnavailable, Engine
 from swapwatch.engine.metadata import Precision
+from swapwatch.engine.triton_runtime import TritonEngine, is_triton_url, parse_triton_url
 from swapwatch.engine.trt_profile import BatchProfile
 from swapwatch.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch-tensorrt", "torch"]
+Backend = Literal["auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch-tensorrt",
+                  "torch", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
                              "torch-tensorrt", "torch")
+"""The backends that open a local engine file (what `--backend` options offer)."""
+REMOTE_BACKENDS: tuple[str, ...] = ("triton",)
+"""The backends that send batches to an inference server named by a URL (`--engine URL`)."""
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 
 
@@ -57,11 +66,42 @@ class EngineConfig(StrictModel):
     max_batch: int = Field(32, ge=1, description="Largest batch of a TensorRT profile (bigger batches are split).")
     opt_batch: int = Field(8, ge=1, description="Batch size TensorRT tunes its kernels for.")
     workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace limit in MiB.")
+    url: str | None = Field(
+        None, description="backend triton: the served model, triton://HOST:PORT/MODEL[/VERSION] (gRPC; port 8001 "
+        "when left out). The model file and its sidecar stay on the server; `swapwatch ... --engine URL` sets this."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="backend triton: seconds to wait for the server and model at start (it may "
+        "still be starting) and for each inference request."
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> EngineConfig:
         if self.opt_batch > self.max_batch:
             raise ValueError(f"opt_batch ({self.opt_batch}) must be <= max_batch ({self.max_batch})")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(parse_triton_url(value, field=""))  # canonical: the default port filled in
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    @model_validator(mode="after")
+    def _remote(self) -> EngineConfig:
+        if self.backend == "triton":
+            if self.url is None:
+                raise ValueError("backend triton needs url: triton://HOST:PORT/MODEL[/VERSION]")
+            if self.model is not None:
+                raise ValueError("backend triton takes no model file: the model and its sidecar are on the server "
+                                 "(leave model unset)")
+        elif self.url is not None:
+            raise ValueError(f"url is only for backend triton (backend is {self.backend}); "
+                             "set backend: triton too, or pass --engine URL")
         return self
 
     def profile(self) -> BatchProfile:
@@ -130,6 +170,7 @@ def load_engine(
     profile: BatchProfile | None = None,
     workspace_bytes: int = 1 << 30,
     precision: Precision = "fp32",
+    timeout_s: float = 10.0,
 ) -> Engine:
     """Open `path` (default: the embedded ONNX model) with `backend`; see the module docstring for auto.
 
@@ -137,9 +178,17 @@ def load_engine(
     stale `.plan` (another GPU/TensorRT, or its source ONNX changed) a plan cache makes load_engine rebuild
     it from the source ONNX recorded in its build descriptor instead of refusing it.
     `precision` matters only for torch-tensorrt compiling a `.pt` at start-up.
+    A `triton://HOST:PORT/MODEL[/VERSION]` string as `path` opens the triton backend (with `backend`
+    auto or triton), which waits up to `timeout_s` for the server.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS + REMOTE_BACKENDS:
+        raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS + REMOTE_BACKENDS)}")
+    if backend == "triton" or is_triton_url(path):
+        if not is_triton_url(path):
+            raise ConfigError(f"backend triton needs a triton://HOST:PORT/MODEL URL, not a model file ({path})")
+        if backend not in ("auto", "triton"):
+            raise ConfigError(f"{path}: a triton:// URL is served by backend triton, not {backend}")
+        return TritonEngine(str(path), timeout_s=timeout_s)
     if threads < 1:
         raise ConfigError(f"threads: must be >= 1, got {threads}")
     p = Path(path) if path is not None else None
@@ -174,6 +223,8 @@ def load_engine(
 
 def engine_from_config(cfg: EngineConfig) -> Engine:
     """Open the engine an `EngineConfig` (the monitor's `engine:` section) describes."""
+    if cfg.backend == "triton":
+        return load_engine(cfg.url, "triton", timeout_s=cfg.timeout_s)
     return load_engine(cfg.model, cfg.backend, cfg.threads, cfg.device, cfg.plan_cache,
                        profile=cfg.profile(), workspace_bytes=cfg.workspace_mb << 20)
 
