@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from swapwatch.stream.scan.cadence import SCAN_DETECT_EVERY
 
 if TYPE_CHECKING:
-    from swapwatch.engine.onnx_runtime import OnnxEngine
+    from swapwatch.engine.base import Engine
 
 EXIT_PARTIAL = 3
 """Some inputs could not be read, others could (2 is taken: argparse and config errors)."""
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", type=Path, help="write the run's counters (frames, faces, batches, peak queue sizes) as JSON")
 
 
-def _remote_engine(args: argparse.Namespace) -> OnnxEngine | None:
+def _remote_engine(args: argparse.Namespace) -> Engine | None:
     """`--engine triton://...`: the engine on the Triton server (None: the local ONNX Runtime one)."""
     if args.engine is None:
         return None
@@ -82,8 +82,7 @@ def _remote_engine(args: argparse.Namespace) -> OnnxEngine | None:
     url = parse_triton_url(args.engine, "--engine")
     if args.model is not None:
         raise ConfigError(f"--engine {url}: the model and its sidecar come from the server; leave out --model")
-    # Scanner is annotated with OnnxEngine but uses only the Engine interface, which TritonEngine implements
-    return cast("OnnxEngine", load_engine(str(url), "triton"))
+    return load_engine(str(url), "triton")
 
 
 def run(args: argparse.Namespace) -> int:

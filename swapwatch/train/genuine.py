@@ -251,7 +251,7 @@ def open_scanner(model: Path, **options: Any) -> Any:
     from swapwatch.engine.select import load_engine
 
     engine = load_engine(model, threads=int(options.get("threads", 1)))
-    return Scanner(engine=engine, **options)  # type: ignore[arg-type]
+    return Scanner(engine=engine, **options)
 
 
 def score_items(

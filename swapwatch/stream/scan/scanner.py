@@ -61,6 +61,7 @@ import numpy as np
 from pydantic import Field
 
 from swapwatch.config import StrictModel, parse_config
+from swapwatch.engine.base import Engine
 from swapwatch.engine.onnx_runtime import OnnxEngine
 from swapwatch.media.files import IMAGE_EXTS, VIDEO_EXTS, media_files
 from swapwatch.stream.faces import DetectorConfig, load_detector
@@ -158,7 +159,7 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def choose_batch(engine: OnnxEngine, setting: int | Literal["auto"]) -> int:
+def choose_batch(engine: Engine, setting: int | Literal["auto"]) -> int:
     """The batch size: as set, or the engine's best measured throughput on the sample faces."""
     if setting != "auto":
         return int(setting)
@@ -184,7 +185,7 @@ class Scanner:
         settings: ScanSettings | None = None,
         *,
         detector: FaceDetector | None = None,
-        engine: OnnxEngine | None = None,
+        engine: Engine | None = None,
         **options: Any,
     ) -> None:
         if settings is None:
@@ -192,7 +193,7 @@ class Scanner:
         elif options:
             settings = parse_config(ScanSettings, {**settings.model_dump(), **options}, "scan options")
         self.settings = settings
-        self.engine = engine or OnnxEngine(model, threads=settings.threads)
+        self.engine: Engine = engine or OnnxEngine(model, threads=settings.threads)
         self.detector = detector or load_detector(DetectorConfig(threads=settings.threads))
         self.batch = choose_batch(self.engine, settings.batch)
         self.stats = ScanStats()
@@ -309,7 +310,7 @@ def _fail(q: StageQueue[Item], stage: str, err: BaseException) -> None:
 class _Assembler:
     """The scorer: keeps items in order, scores crops in batches, and builds each file's result."""
 
-    def __init__(self, engine: OnnxEngine, batch: int, stats: ScanStats, progress: ScanProgress | None) -> None:
+    def __init__(self, engine: Engine, batch: int, stats: ScanStats, progress: ScanProgress | None) -> None:
         self.engine = engine
         self.batch = max(1, batch)
         self.stats = stats
