@@ -219,6 +219,35 @@ def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig
             proxy.close()
 
 
+def test_a_node_whose_link_goes_silent_stops_at_its_deadline(rig: Rig) -> None:
+    """A black-holed link (no error, no byte): the node stops by its local deadline, not when some request
+    finally times out, and before the lease can expire on the server."""
+    m = rig.monitors
+    proxies = [TcpProxy("127.0.0.1", int(url.rsplit(":", 1)[1])) for url in rig.nats.urls]
+    try:
+        silent = m.add_node("m4", cluster_urls=",".join(p.url for p in proxies))
+        silent.wait_ready()
+        m.wait_until(lambda v: silent.name in running_on(v).values(), timeout_s=30)
+        held = sorted(s for s, o in running_on(m.view()).items() if o == silent.name)
+        frozen_at = time.time()
+        for proxy in proxies:
+            proxy.freeze()
+        m.wait_until(lambda v: all(running_on(v).get(s) not in (None, silent.name) for s in held),
+                     timeout_s=TAKEOVER_BOUND_S + 10, via=m.nodes["m1"])
+        last_scored = max(_ts(e["time"]) for e in scoring_events(silent.events()) if e["stream"] in held)
+        margin = min(TTL_S / 2, RENEW_S * 1.5)  # ClusterConfig.stop_margin_s
+        print(f"silent link: last score {last_scored - frozen_at:.2f} s after the freeze "
+              f"(deadline at most {TTL_S - margin:.1f} s after it)")
+        assert last_scored <= frozen_at + TTL_S - margin + 0.5
+        assert overlaps({n.name: n.events() for n in m.nodes.values()}) == []
+        for proxy in proxies:
+            proxy.thaw()
+        assert silent.stop() == 0
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
 def _ts(iso: str) -> float:
     from datetime import datetime
 

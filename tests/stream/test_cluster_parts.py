@@ -223,3 +223,61 @@ def test_events_wait_in_the_outbox_while_nats_is_away_and_go_out_at_the_next_sta
             await store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@needs_nats
+def test_a_bucket_read_lists_every_key_every_time(nats_url: str) -> None:
+    from swapwatch.stream.cluster.store import ClusterStore, encode
+
+    async def scenario() -> None:
+        store = ClusterStore(config(nats_url, bucket_prefix="snap"))
+        await store.connect()
+        assert store.desired is not None
+        try:
+            for i in range(5):
+                await store.desired.put(f"cam{i}", encode({"i": i}))
+            await store.desired.delete("cam4")
+            for _ in range(200):  # nats-py's watcher returned an empty bucket a few times in a thousand
+                snap = await store.snapshot("streams")
+                assert {k: e.value["i"] for k, e in snap.items()} == {f"cam{i}": i for i in range(4)}
+        finally:
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@needs_nats
+def test_a_second_live_process_with_the_same_node_name_is_refused(nats_url: str) -> None:
+    from typing import Any, cast
+
+    from swapwatch.stream.cluster.node import ClusterNode
+    from swapwatch.stream.cluster.store import ClusterStore, encode
+
+    async def scenario() -> None:
+        cfg = config(nats_url, bucket_prefix="twin", node="twin")
+        store = ClusterStore(cfg)
+        await store.connect()
+        assert store.nodes is not None
+        nodes = store.nodes
+
+        async def other_process_heartbeats() -> None:
+            while True:
+                await nodes.put("twin", encode({"node": "twin", "instance": "someone-else"}))
+                await asyncio.sleep(cfg.renew_s)
+
+        beating = asyncio.create_task(other_process_heartbeats())
+        try:
+            await asyncio.sleep(0.2)
+            node = ClusterNode(cfg, store, cast(Any, None))
+            with pytest.raises(ConfigError, match="cluster.node: another running node"):
+                await node.start()
+            beating.cancel()
+            # once that process is gone, its last heartbeat expires and a restarted node may join
+            started = asyncio.get_running_loop().time()
+            await node._wait_for_previous_incarnation()
+            assert asyncio.get_running_loop().time() - started <= cfg.lease_ttl_s + 0.5
+        finally:
+            beating.cancel()
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

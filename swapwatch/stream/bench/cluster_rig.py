@@ -157,7 +157,7 @@ class ClusterRig:
     """Monitor nodes `m0`, `m1`, ... joined to the NATS servers at `cluster_urls`."""
 
     def __init__(self, root: Path, cluster_urls: str, *, settings: dict[str, str] | None = None) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # the nodes run with it as their working directory
         self.root.mkdir(parents=True, exist_ok=True)
         self.cluster_urls = cluster_urls
         self.settings = {**MONITOR_SETTINGS, **FAST_LEASES, **(settings or {})}

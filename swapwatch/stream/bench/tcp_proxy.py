@@ -4,6 +4,8 @@
         nc = await nats.connect([proxy.url])   # the monitor node talks to NATS through the proxy
         proxy.cut()                            # its connection drops; reconnects are refused
         proxy.heal()                           # reconnects succeed again
+        proxy.freeze()                         # a silent partition: connections stay open, no byte moves
+        proxy.thaw()                           # the held bytes flow again
 
 Threads only (an accept thread, two pump threads per connection), no asyncio: it works the same from
 a synchronous test and from any event loop. While cut, the proxy still accepts (so it can count the
@@ -68,6 +70,7 @@ class _Link:
                 data = src.recv(CHUNK)
                 if not data:
                     break
+                self.proxy._flowing.wait()  # frozen: hold the bytes, as a black-holed link would
                 dst.sendall(data)
                 self.proxy._count_bytes(direction, len(data))
         except OSError:
@@ -102,6 +105,8 @@ class TcpProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self._cut = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
@@ -148,8 +153,22 @@ class TcpProxy:
         with self._lock:
             self._cut = False
 
+    def freeze(self) -> None:
+        """A silent partition: connections stay open (new ones too) but no byte goes through until `thaw()`.
+        Unlike `cut()`, the client sees no error; only its requests time out."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Let the held and new bytes flow again."""
+        self._flowing.set()
+
+    @property
+    def is_frozen(self) -> bool:
+        return not self._flowing.is_set()
+
     def close(self) -> None:
         """Stop listening and close every connection."""
+        self._flowing.set()  # release pumps held by a freeze, so they see their sockets close
         self.cut()
         self._closed.set()
         self._acceptor.join(JOIN_TIMEOUT_S)
@@ -162,7 +181,7 @@ class TcpProxy:
         self.close()
 
     def __repr__(self) -> str:
-        state = "cut" if self._cut else "open"
+        state = "cut" if self._cut else "frozen" if self.is_frozen else "open"
         return f"TcpProxy({HOST}:{self.port} -> {self.target[0]}:{self.target[1]}, {state})"
 
     def _accept_loop(self) -> None:

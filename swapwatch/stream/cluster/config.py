@@ -15,11 +15,12 @@ _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _BUCKET = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
 
-def default_node_name() -> str:
-    """The host name cut to a valid node name (letters, digits, `_`, `-`), plus the process id when
-    two processes on one host would otherwise clash: set `cluster.node` to choose a stable one."""
+def default_node_name(port: int | None = None) -> str:
+    """The host name cut to a valid node name (letters, digits, `_`, `-`) and the server's port, which
+    together are unique and stable across restarts (so a restarted node finds its event outbox again);
+    the process id when the port is picked at random (0)."""
     host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()).strip("-_")[:48] or "node"
-    return f"{host}-{os.getpid()}"
+    return f"{host}-{port}" if port else f"{host}-pid{os.getpid()}"
 
 
 class ClusterConfig(StrictModel):
@@ -28,7 +29,8 @@ class ClusterConfig(StrictModel):
     urls: list[str] = Field(..., min_length=1, description="NATS server URLs (nats:// or tls://) of the cluster.")
     node: str = Field(
         default_factory=default_node_name,
-        description="This node's name: unique in the cluster; events carry it (default: host name and pid).",
+        description="This node's name: unique in the cluster, stable across restarts; events carry it "
+        "(default: host name and server port).",
     )
     advertise_url: str | None = Field(
         None, description="Where other nodes' dashboards can link to this node's API (default: its listen address)."
@@ -52,6 +54,9 @@ class ClusterConfig(StrictModel):
     )
     replicas: int = Field(3, ge=1, le=5, description="JetStream replicas of the buckets and the events stream.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Per-server connection timeout.")
+    startup_timeout_s: float = Field(
+        30.0, gt=0, description="At start, how long to try to connect and set up the buckets before giving up."
+    )
     request_timeout_s: float = Field(2.0, gt=0, description="Timeout of one KV or publish request.")
     outbox: str | None = Field(
         None, description="SQLite file holding events not yet stored in the durable stream "

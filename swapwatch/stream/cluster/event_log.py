@@ -9,8 +9,9 @@ acknowledged; JetStream stores it once when the two sends fall within the stream
 (`cluster.duplicate_window_s`, 10 min). A node killed with events still in its outbox sends them when
 it starts again with the same outbox file.
 
-Ordering: per node, events are published in the order they were made; across nodes the stream holds
-them in arrival order (each event carries its own `time`).
+Ordering: per node, events are published in the order they were made, except that those of a window
+that failed in part are sent again after the ones that got through; across nodes the stream holds
+them in arrival order. Each event carries its own `time`: sort by it when order matters.
 """
 
 from __future__ import annotations

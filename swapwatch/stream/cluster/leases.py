@@ -77,19 +77,29 @@ class LeaseBook:
         did not answer (the deadline stays: the caller stops the stream when it passes)."""
         import nats.js.errors
 
-        lease = self.held[name]
+        lease = self.held.get(name)
+        if lease is None:  # stopped at its deadline meanwhile
+            return "lost"
         sent = self.clock()
         try:
             revision = await self.kv.update(name_to_token(name), self._value(name), last=lease.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            del self.held[name]
+            self.held.pop(name, None)
             return "lost"
         except nats_errors() as err:
             log.debug("cluster: renewal of %s not answered: %s", name, err)
             return "unreachable"
         lease.revision = int(revision)
+        if self.held.get(name) is not lease:  # the deadline passed while the renewal was on its way
+            self.held[name] = lease
+            await self.release(name)  # the stream is stopped here: free it for the others at once
+            return "lost"
         lease.deadline = sent + self.ttl_s - self.margin_s
         return "renewed"
+
+    def next_deadline(self) -> float | None:
+        """The earliest local deadline (monotonic clock), or None when no lease is held."""
+        return min((lease.deadline for lease in self.held.values()), default=None)
 
     def overdue(self) -> list[str]:
         """Leases whose local deadline has passed: the caller must stop those streams now."""

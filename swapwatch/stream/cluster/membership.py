@@ -21,6 +21,7 @@ from swapwatch.stream.cluster.event_log import ClusterEventSink, default_outbox_
 from swapwatch.stream.cluster.node import ClusterNode
 from swapwatch.stream.cluster.store import ClusterStore
 from swapwatch.stream.events import Event
+from swapwatch.stream.sources.config import mask_url
 
 if TYPE_CHECKING:
     from swapwatch.stream.config import MonitorConfig
@@ -60,7 +61,7 @@ async def membership(
 
     sub = await store.nc.subscribe(f"{cluster.events_subject}.>", cb=from_other_node)
     await node.start(config.sources)
-    log.info("cluster: node %s joined (%s)", cluster.node, ", ".join(cluster.urls))
+    log.info("cluster: node %s joined (%s)", cluster.node, ", ".join(mask_url(u) for u in cluster.urls))
     try:
         yield node
     finally:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from swapwatch.stream.cluster.leases import LeaseBook
 from swapwatch.stream.cluster.store import ClusterStore, ClusterUnavailable, KvEntry, encode, nats_errors
 from swapwatch.stream.redact import log_text
 from swapwatch.stream.sources import SourceConfig, open_source
+from swapwatch.stream.sources.config import mask_url
 
 if TYPE_CHECKING:
     from swapwatch.stream.pipeline import Monitor
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 JOIN_ROUNDS = 2
 ORPHAN_ROUNDS = 3
 HANDOVER_ROUNDS = 3
+REMOVED_ROUNDS = 2
+"""A stream leaves this node only when two reads in a row no longer list it (one read is no proof)."""
 
 
 class StreamExists(ConfigError):
@@ -123,6 +127,9 @@ class ClusterNode:
         self._unowned_since: dict[str, int] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._fence_task: asyncio.Task[None] | None = None
+        self._missing: dict[str, int] = {}
+        self.instance = uuid.uuid4().hex
         self._joined_round: int | None = None
         self._handed_over_round = 0
         self._closed = False
@@ -137,14 +144,17 @@ class ClusterNode:
         for source in sources:
             with contextlib.suppress(StreamExists):
                 await self.add_desired(source, added_by="config")
+        await self._wait_for_previous_incarnation()
         self._task = asyncio.create_task(self._rounds(), name="cluster-node")
+        self._fence_task = asyncio.create_task(self._fence(), name="cluster-fence")
 
     async def close(self) -> None:
         """Stop the rounds, stop every owned stream and release its lease (others take over at once)."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._fence_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         names = list(self.leases.held)
         await asyncio.gather(*(self._stop_now(n, "node leaving the cluster") for n in names))
         for name in names:
@@ -166,15 +176,51 @@ class ClusterNode:
                 log.warning("cluster: round failed: %s", err, exc_info=not isinstance(err, nats_errors()))
             await asyncio.sleep(max(0.0, self.config.renew_s - (time.monotonic() - started)))
 
-    # -- one round -------------------------------------------------------------------------------------
-    async def round(self) -> None:
-        self.stats.rounds += 1
+    async def _fence(self) -> None:
+        """Stop each stream the moment its local deadline passes, whatever the rounds are waiting on (a
+        hung connection can hold a round for several request timeouts)."""
+        while not self._closed:
+            self.stop_overdue()
+            deadline = self.leases.next_deadline()
+            wait = self.config.renew_s if deadline is None else deadline - time.monotonic()
+            await asyncio.sleep(min(max(wait, 0.01), self.config.renew_s))
+
+    def stop_overdue(self) -> None:
         for name in self.leases.overdue():
             self.leases.forget(name)
             self.stats.fenced += 1
             log.warning("cluster: %s: lease not renewed for %.1f s (NATS unreachable); stopping it here",
                         log_text(name), self.config.lease_ttl_s - self.config.stop_margin_s)
             self._stop(name, "lease expired")
+
+    async def _wait_for_previous_incarnation(self) -> None:
+        """A node restarted under the same name waits until its previous process's heartbeat has expired
+        (at most the TTL), so the two are never live at once; a heartbeat that keeps being renewed means
+        another running process has this name, which is a config error."""
+        import nats.js.errors
+
+        assert self.store.nodes is not None
+        deadline = time.monotonic() + 2 * self.config.lease_ttl_s + self.config.renew_s
+        logged = False
+        while True:
+            try:
+                entry = await self.store.nodes.get(self.name)
+            except nats.js.errors.KeyNotFoundError:
+                return
+            if json.loads(entry.value or b"{}").get("instance") == self.instance:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"cluster.node: another running node is called {self.name!r}; "
+                                  "give each node its own name (--node)")
+            if not logged:
+                log.info("cluster: waiting for the last heartbeat of a previous %s to expire", self.name)
+                logged = True
+            await asyncio.sleep(self.config.renew_s / 2)
+
+    # -- one round -------------------------------------------------------------------------------------
+    async def round(self) -> None:
+        self.stats.rounds += 1
+        self.stop_overdue()
         if not self.store.connected:
             return
         await self._heartbeat()
@@ -198,8 +244,7 @@ class ClusterNode:
     async def read(self) -> Snapshot:
         """Read the three buckets (also what the API shows)."""
         s = self.store
-        assert s.desired is not None and s.leases is not None and s.nodes is not None
-        desired, leases, nodes = await asyncio.gather(s.snapshot(s.desired), s.snapshot(s.leases), s.snapshot(s.nodes))
+        desired, leases, nodes = await asyncio.gather(s.snapshot("streams"), s.snapshot("leases"), s.snapshot("nodes"))
         self.snapshot = Snapshot(_decoded(desired), _decoded(leases), nodes, time.time())
         return self.snapshot
 
@@ -212,20 +257,25 @@ class ClusterNode:
                 streams[name] = {k: st.get(k) for k in ("source_state", "state", "max_score", "top_score", "fps",
                                                        "frames", "faces_scored", "running", "tracks", "error",
                                                        "latency_recent_ms")}
-        value = {"node": self.name, "api_url": self.api_url, "capacity": self.config.capacity,
-                 "streams": streams, "time": _now_iso()}
+        value = {"node": self.name, "instance": self.instance, "api_url": self.api_url,
+                 "capacity": self.config.capacity, "streams": streams, "time": _now_iso()}
         with contextlib.suppress(*nats_errors()):
             await self.store.nodes.put(self.name, encode(value))
 
     async def _reconcile_owned(self, snap: Snapshot) -> None:
         for name in list(self.leases.held):
             entry = snap.desired.get(name)
-            if entry is None or entry.value.get("done"):
+            gone = entry is None or bool(entry.value.get("done"))
+            self._missing[name] = self._missing.get(name, 0) + 1 if gone else 0
+            if gone and self._missing[name] >= REMOVED_ROUNDS:
+                self._missing.pop(name, None)
                 log.info("cluster: %s: removed from the cluster; stopping it", log_text(name))
                 await self._stop_now(name, "removed from the cluster")
                 self.pinned.discard(name)
                 await self.leases.release(name)
                 self.stats.released += 1
+                continue
+            if entry is None:
                 continue
             status = self._local_status(name)
             if status is not None and not status.get("running") and status.get("source_state") in ("ended", "failed"):
@@ -440,7 +490,8 @@ class ClusterNode:
                 for n, e in sorted(snap.nodes.items())]
 
     def status(self) -> dict[str, Any]:
-        return {"node": self.name, "connected": self.store.connected, "urls": self.config.urls,
+        return {"node": self.name, "connected": self.store.connected,
+                "urls": [mask_url(u) for u in self.config.urls],
                 "leases": sorted(self.leases.held), "pinned": sorted(self.pinned),
                 "stats": self.stats.__dict__.copy(), "nodes": self.nodes_view(),
                 "snapshot_age_s": round(time.time() - self.snapshot.taken_at, 2) if self.snapshot.taken_at else None}

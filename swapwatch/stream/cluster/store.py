@@ -9,9 +9,9 @@
     <events_stream>    every node's events, subject <events_subject>.<stream token>, de-duplicated by
                        message id (= event id) within `duplicate_window_s`.
 
-Every node creates what is missing with the same settings; a bucket or stream that exists with other
-settings (another lease TTL, replica count) is a config error naming the field, because nodes that
-disagree on the TTL would not agree on who owns what.
+Every node creates what is missing with the same settings; a bucket that exists with another TTL, or
+an events stream on other subjects, is a config error naming the field: nodes that disagree on the
+TTL would not agree on who owns what. (Other settings, e.g. the replica count, are the first node's.)
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from swapwatch.errors import ConfigError, SwapwatchError
 from swapwatch.stream.cluster.config import ClusterConfig
+from swapwatch.stream.sources.config import mask_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -76,6 +78,7 @@ class ClusterStore:
         self.desired: KeyValue | None = None
         self.leases: KeyValue | None = None
         self.nodes: KeyValue | None = None
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -90,6 +93,8 @@ class ClusterStore:
         c = self.config
 
         async def disconnected() -> None:
+            if self._closing:
+                return
             log.warning("cluster: lost the connection to NATS; leases are renewed again once it is back")
             if self._on_connection is not None:
                 self._on_connection(False)
@@ -103,20 +108,32 @@ class ClusterStore:
             log.debug("cluster: NATS client error: %s", err)
 
         try:
-            self.nc = await nats.connect(
+            # nats-py keeps retrying the first connection too when reconnects are unlimited: bound it here.
+            self.nc = await asyncio.wait_for(nats.connect(
                 servers=c.urls, name=f"swapwatch-{c.node}", connect_timeout=c.connect_timeout_s,
                 allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 ping_interval=max(1, int(c.renew_s)), max_outstanding_pings=2,
                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-            )
-        except Exception as err:
-            raise ClusterUnavailable(f"cluster.urls: cannot connect to {', '.join(c.urls)}: {err or type(err).__name__}") from None
+            ), c.startup_timeout_s)
+        except Exception as err:  # noqa: BLE001 - any failure to connect is the same answer for the operator
+            raise ClusterUnavailable(f"cluster.urls: cannot connect to {', '.join(mask_url(u) for u in c.urls)} "
+                                     f"within {c.startup_timeout_s:g} s: {err or type(err).__name__}") from None
         assert self.nc is not None
         self.js = self.nc.jetstream(timeout=c.request_timeout_s)
-        self.desired = await self._bucket("streams", None, "cluster.bucket_prefix")
-        self.leases = await self._bucket("leases", c.lease_ttl_s, "cluster.lease_ttl_s")
-        self.nodes = await self._bucket("nodes", c.lease_ttl_s, "cluster.lease_ttl_s")
-        await self._events_stream()
+        deadline = time.monotonic() + c.startup_timeout_s
+        while True:  # a busy cluster (or one electing a leader) may time out the first requests
+            try:
+                self.desired = await self._bucket("streams", None, "cluster.bucket_prefix")
+                self.leases = await self._bucket("leases", c.lease_ttl_s, "cluster.lease_ttl_s")
+                self.nodes = await self._bucket("nodes", c.lease_ttl_s, "cluster.lease_ttl_s")
+                await self._events_stream()
+                return
+            except nats_errors() as err:
+                if time.monotonic() > deadline:
+                    raise ClusterUnavailable(f"cluster: JetStream did not answer while setting up the buckets "
+                                             f"within {c.startup_timeout_s:g} s: {err or type(err).__name__}") from None
+                log.info("cluster: JetStream not ready (%s); retrying", err or type(err).__name__)
+                await asyncio.sleep(0.5)
 
     async def _bucket(self, kind: str, ttl: float | None, field: str) -> KeyValue:
         import nats.js.errors
@@ -160,29 +177,40 @@ class ClusterStore:
             raise ConfigError(f"cluster.events_subject: the stream {c.events_stream} takes {info.config.subjects}, "
                               f"this node publishes to {c.events_subject}.>")
 
-    async def snapshot(self, kv: KeyValue) -> dict[str, KvEntry]:
-        """Every live key of a bucket with its latest value (one ordered consumer, not one request per key)."""
-        watcher = await kv.watchall(ignore_deletes=True)
-        out: dict[str, KvEntry] = {}
-        try:
-            while True:
-                entry = await watcher.updates(timeout=self.config.request_timeout_s)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    break
-                if entry.value is None or entry.operation is not None:
-                    continue
-                try:
-                    value = json.loads(entry.value)
-                except ValueError:
-                    log.warning("cluster: %s: key %s holds no JSON; ignored", entry.bucket, entry.key)
-                    continue
-                if isinstance(value, dict):
-                    out[entry.key] = KvEntry(entry.key, int(entry.revision or 0), value)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return out
+    async def snapshot(self, kind: str) -> dict[str, KvEntry]:
+        """Every live key of a bucket ("streams", "leases" or "nodes") with its latest value.
+
+        The bucket stream's info lists its subjects (one per key that has a message: a value or a delete
+        marker); each is then read directly. Not nats-py's KV watcher, whose "initial values done" marker
+        can come before the values (it reported a full bucket as empty a few times in a thousand reads),
+        which would make a node think every stream was removed.
+        """
+        import nats.js.errors
+
+        kv = {"streams": self.desired, "leases": self.leases, "nodes": self.nodes}[kind]
+        assert self.js is not None and kv is not None
+        bucket = self.bucket_name(kind)
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=">")
+        prefix = f"$KV.{bucket}."
+        keys = [subject[len(prefix):] for subject in (info.state.subjects or {}) if subject.startswith(prefix)]
+
+        async def read(key: str) -> KvEntry | None:
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # deleted, or expired since the listing
+                return None
+            try:
+                value = json.loads(entry.value or b"")
+            except ValueError:
+                log.warning("cluster: %s: key %s holds no JSON; ignored", bucket, key)
+                return None
+            return KvEntry(key, int(entry.revision or 0), value) if isinstance(value, dict) else None
+
+        entries = await asyncio.gather(*(read(k) for k in keys))
+        return {e.key: e for e in entries if e is not None}
 
     async def close(self) -> None:
+        self._closing = True
         nc, self.nc = self.nc, None
         if nc is not None and not nc.is_closed:
             try:

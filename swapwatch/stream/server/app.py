@@ -507,7 +507,12 @@ async def serve_monitor(
     monitor_config = config
     store: ClusterStore | None = None
     if config.cluster is not None:  # connect first: an unreachable cluster fails before the engine loads
+        from swapwatch.stream.cluster.config import default_node_name
         from swapwatch.stream.cluster.membership import connect_cluster
+
+        if "node" not in config.cluster.model_fields_set:  # stable across restarts: host and port
+            config = config.model_copy(update={"cluster": config.cluster.model_copy(
+                update={"node": default_node_name(server.port)})})
 
         store, cluster_sink = await connect_cluster(config)
         extra.append(cluster_sink)
