@@ -9,6 +9,7 @@ renewal every 1 s), so a dead node's streams must move within 5 s plus the time 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -188,20 +189,34 @@ def test_killed_node_streams_move_within_ttl_and_renewal(rig: Rig) -> None:
     victim.wait_ready()
 
 
-def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig) -> None:
+@contextlib.contextmanager
+def node_behind_proxies(rig: Rig, name: str) -> Iterator[tuple[MonitorNode, list[TcpProxy], list[str]]]:
+    """A new monitor node that reaches NATS only through proxies the test controls, once it runs streams
+    (by rebalancing): yields it, its proxies and the streams it runs."""
     m = rig.monitors
     proxies = [TcpProxy("127.0.0.1", int(url.rsplit(":", 1)[1])) for url in rig.nats.urls]
     try:
-        cut_off = m.add_node("m3", cluster_urls=",".join(p.url for p in proxies))
-        cut_off.wait_ready()
-        m.wait_until(lambda v: cut_off.name in running_on(v).values(), timeout_s=30)
-        held = sorted(s for s, o in running_on(m.view()).items() if o == cut_off.name)
+        node = m.add_node(name, cluster_urls=",".join(p.url for p in proxies))
+        node.wait_ready()
+        m.wait_until(lambda v: node.name in running_on(v).values(), timeout_s=30)
+        yield node, proxies, sorted(s for s, o in running_on(m.view()).items() if o == node.name)
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
+def wait_moved_off(rig: Rig, node: MonitorNode, streams: list[str]) -> float:
+    return rig.monitors.wait_until(lambda v: all(running_on(v).get(s) not in (None, node.name) for s in streams),
+                                   timeout_s=TAKEOVER_BOUND_S + 10, via=rig.monitors.nodes["m1"])
+
+
+def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig) -> None:
+    m = rig.monitors
+    with node_behind_proxies(rig, "m3") as (cut_off, proxies, held):
         cut_at = time.time()
         for proxy in proxies:
             proxy.cut()
-        others = m.nodes["m1"]
-        took = m.wait_until(lambda v: all(running_on(v).get(s) not in (None, cut_off.name) for s in held),
-                            timeout_s=TAKEOVER_BOUND_S + 10, via=others)
+        took = wait_moved_off(rig, cut_off, held)
         print(f"takeover of {held} from the partitioned node: {took:.2f} s")
         last_scored = max(
             (e["time"] for e in scoring_events(cut_off.events()) if e["stream"] in held), default=""
@@ -210,30 +225,21 @@ def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig
         for proxy in proxies:
             proxy.heal()
         time.sleep(4 * RENEW_S)  # it reconnects and runs a few rounds
-        now = running_on(m.view(via=others))
+        now = running_on(m.view(via=m.nodes["m1"]))
         assert all(now.get(s) != cut_off.name or _won_again(cut_off, s, cut_at) for s in held)
         assert overlaps({n.name: n.events() for n in m.nodes.values()}) == []
         assert cut_off.stop() == 0  # connected again: it hands its streams back and flushes its events
-    finally:
-        for proxy in proxies:
-            proxy.close()
 
 
 def test_a_node_whose_link_goes_silent_stops_at_its_deadline(rig: Rig) -> None:
     """A black-holed link (no error, no byte): the node stops by its local deadline, not when some request
     finally times out, and before the lease can expire on the server."""
     m = rig.monitors
-    proxies = [TcpProxy("127.0.0.1", int(url.rsplit(":", 1)[1])) for url in rig.nats.urls]
-    try:
-        silent = m.add_node("m4", cluster_urls=",".join(p.url for p in proxies))
-        silent.wait_ready()
-        m.wait_until(lambda v: silent.name in running_on(v).values(), timeout_s=30)
-        held = sorted(s for s, o in running_on(m.view()).items() if o == silent.name)
+    with node_behind_proxies(rig, "m4") as (silent, proxies, held):
         frozen_at = time.time()
         for proxy in proxies:
             proxy.freeze()
-        m.wait_until(lambda v: all(running_on(v).get(s) not in (None, silent.name) for s in held),
-                     timeout_s=TAKEOVER_BOUND_S + 10, via=m.nodes["m1"])
+        wait_moved_off(rig, silent, held)
         last_scored = max(_ts(e["time"]) for e in scoring_events(silent.events()) if e["stream"] in held)
         margin = min(TTL_S / 2, RENEW_S * 1.5)  # ClusterConfig.stop_margin_s
         print(f"silent link: last score {last_scored - frozen_at:.2f} s after the freeze "
@@ -243,9 +249,6 @@ def test_a_node_whose_link_goes_silent_stops_at_its_deadline(rig: Rig) -> None:
         for proxy in proxies:
             proxy.thaw()
         assert silent.stop() == 0
-    finally:
-        for proxy in proxies:
-            proxy.close()
 
 
 def _ts(iso: str) -> float:
