@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RenewOutcome = Literal["renewed", "lost", "unreachable"]
+RenewOutcome = Literal["renewed", "lost", "unreachable", "dropped"]
 
 
 @dataclass
@@ -74,12 +74,13 @@ class LeaseBook:
 
     async def renew(self, name: str) -> RenewOutcome:
         """Extend the lease; `lost` (dropped here) when another node holds it now, `unreachable` when NATS
-        did not answer (the deadline stays: the caller stops the stream when it passes)."""
+        did not answer (the deadline stays: the caller stops the stream when it passes), `dropped` when
+        its deadline passed meanwhile (the stream is stopped already; a late success is released)."""
         import nats.js.errors
 
         lease = self.held.get(name)
         if lease is None:  # stopped at its deadline meanwhile
-            return "lost"
+            return "dropped"
         sent = self.clock()
         try:
             revision = await self.kv.update(name_to_token(name), self._value(name), last=lease.revision)
@@ -93,7 +94,7 @@ class LeaseBook:
         if self.held.get(name) is not lease:  # the deadline passed while the renewal was on its way
             self.held[name] = lease
             await self.release(name)  # the stream is stopped here: free it for the others at once
-            return "lost"
+            return "dropped"
         lease.deadline = sent + self.ttl_s - self.margin_s
         return "renewed"
 

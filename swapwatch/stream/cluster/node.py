@@ -171,7 +171,7 @@ class ClusterNode:
                 await self.round()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - one bad round must not end the node; fencing runs every round
+            except Exception as err:  # noqa: BLE001 - one bad round must not end the node (fencing has its own timer)
                 self.stats.errors += 1
                 log.warning("cluster: round failed: %s", err, exc_info=not isinstance(err, nats_errors()))
             await asyncio.sleep(max(0.0, self.config.renew_s - (time.monotonic() - started)))
