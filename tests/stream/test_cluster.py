@@ -95,6 +95,8 @@ def test_any_node_answers_for_the_whole_cluster(rig: Rig) -> None:
     assert {n["node"] for n in body["cluster"]["nodes"]} == {"m0", "m1", "m2"}
     assert set(body["streams"]) == set(STREAMS)
     assert {body["streams"][s].get("node", "m2") for s in STREAMS} == {"m0", "m1", "m2"}
+    status, health = c.api("GET", "/healthz")
+    assert status == 200 and health["cluster"] == {"node": "m2", "connected": True, "leases": 2}
     with urllib.request.urlopen(c.base_url + "/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert "swapwatch_cluster_connected 1.0" in metrics

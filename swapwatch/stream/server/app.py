@@ -315,6 +315,9 @@ async def healthz(request: web.Request) -> web.Response:
         "engine": monitor.engine.name if monitor.engine is not None else None,
         "loop_lag_ms": round(lag_ms, 2),
     }
+    if state.cluster is not None:  # reported, not judged: a node cut off from NATS still serves its API
+        body["cluster"] = {"node": state.cluster.name, "connected": state.cluster.store.connected,
+                           "leases": len(state.cluster.leases.held)}
     if reasons:
         body["reasons"] = reasons
     return web.json_response(body, status=200 if not reasons else 503, headers={"Cache-Control": "no-store"})
