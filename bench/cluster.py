@@ -51,7 +51,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +63,13 @@ from swapwatch.stream.bench.cluster_rig import (  # noqa: E402
     ClusterRig,
     MonitorNode,
     RigError,
+    event_time,
     overlaps,
     running_on,
     scoring_events,
+    stored_events,
 )
+from swapwatch.stream.bench.face_clip import write_face_clip  # noqa: E402
 from swapwatch.stream.bench.nats_cluster import LocalNatsCluster, find_nats_server  # noqa: E402
 from swapwatch.stream.bench.rtsp_replay import RtspServer, choose_backend, start_rtsp_server  # noqa: E402
 
@@ -88,53 +90,11 @@ def progress(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def ts(iso: str) -> float:
-    """Unix seconds of an event's ISO 8601 `time`."""
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-# --- the face clip ----------------------------------------------------------------------------------
-
-
-def write_face_clip(path: Path, *, width: int = 320, height: int = 180, fps: int = 10, seconds: float = 4.0) -> Path:
-    """An H.264 clip of one real face (scikit-image's public-domain astronaut) sliding over a gradient,
-    an IDR every second as a camera sends."""
-    import av
-    import cv2
-    import numpy as np
-    import skimage.data
-
-    astronaut = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)  # type: ignore[no-untyped-call]
-    face = astronaut[20:260, 140:340]
-    side = height // 2
-    face = cv2.resize(face, (side * face.shape[1] // face.shape[0], side), interpolation=cv2.INTER_AREA)
-    fh, fw = face.shape[:2]
-    ramp = np.linspace(40, 200, width, dtype=np.float32).astype(np.uint8)
-    background = np.empty((height, width, 3), np.uint8)
-    background[..., 0], background[..., 1], background[..., 2] = ramp, 90, ramp[::-1]
-    n_frames = round(fps * seconds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "bframes": "0", "g": str(fps)}
-        for i in range(n_frames):
-            img = background.copy()
-            x = int((width - fw) * (0.5 + 0.4 * np.sin(2 * np.pi * i / n_frames)))
-            y = (height - fh) // 2
-            img[y : y + fh, x : x + fw] = face
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 # --- 1. takeover --------------------------------------------------------------------------------------
@@ -212,7 +172,7 @@ def wait_takeover(kill: Kill, tails: dict[str, JsonlTail]) -> None:
             if name == kill.node:
                 continue
             for event in tail.new():
-                stream, t = event.get("stream"), ts(event["time"])
+                stream, t = event.get("stream"), event_time(event["time"])
                 if stream not in kill.streams or t <= kill.wall:
                     continue
                 if event.get("type") == "stream" and event.get("source_state") == "connecting":
@@ -323,25 +283,6 @@ def takeover_summary(kills: list[Kill]) -> dict[str, Any]:
 # --- 2. events lost ---------------------------------------------------------------------------------
 
 
-async def durable_events(urls: list[str], stream: str = "SWAPWATCH_EVENTS",
-                         subject: str = "swapwatch.events") -> tuple[list[dict[str, Any]], int]:
-    """Every event in the durable stream (as dicts), and how many messages the stream says it holds."""
-    import nats
-
-    from swapwatch.stream.cluster.config import ClusterConfig
-    from swapwatch.stream.cluster.event_log import read_events
-
-    config = ClusterConfig(urls=urls, node="bench", events_stream=stream, events_subject=subject)
-    nc = await nats.connect(servers=urls)
-    try:
-        js = nc.jetstream(timeout=10.0)
-        info = await js.stream_info(stream)
-        events, _ = await read_events(js, config, limit=10**8, scan=10**8, timeout_s=20.0)
-    finally:
-        await nc.close()
-    return [e.to_dict() for e in events], int(info.state.messages)
-
-
 LOG_MARKS = {
     "claimed": ": claimed (lease revision",
     "handed_over": ": handing over to even the load",
@@ -372,8 +313,8 @@ def outbox_rows(path: Path) -> int | None:
 def events_check(rig: ClusterRig, urls: list[str], kills: list[Kill]) -> dict[str, Any]:
     stop_codes = {n.name: n.stop() for n in rig.nodes.values()}
     by_node = {n.name: n.events() for n in rig.nodes.values()}
-    stored, in_stream = asyncio.run(durable_events(urls))
-    stored_ids = [e["id"] for e in stored]
+    stored, in_stream = asyncio.run(stored_events(urls))
+    stored_ids = [e.id for e in stored]
     counts: dict[str, int] = {}
     for i in stored_ids:
         counts[i] = counts.get(i, 0) + 1
@@ -385,7 +326,7 @@ def events_check(rig: ClusterRig, urls: list[str], kills: list[Kill]) -> dict[st
     for event_id, (node, event) in emitted.items():
         if event_id in counts:
             continue
-        t = ts(event["time"])
+        t = event_time(event["time"])
         after = [kt - t for kt in kill_times.get(node, []) if 0.0 <= kt - t <= KILL_WINDOW_S]
         lost.append({"id": event_id, "node": node, "stream": event.get("stream"), "type": event.get("type"),
                      "time": event["time"], "killed_within_1s": bool(after),
@@ -479,7 +420,7 @@ def sinks_phase(urls: list[str], workdir: Path, n: int, repeats: int) -> dict[st
             runs[label].append(res)
             progress(f"sinks: {label} run {r + 1}/{repeats}: {res['events_per_s']} events/s "
                      f"(JSONL {res['jsonl_events_per_s']} events/s)")
-    _, stored = asyncio.run(durable_events(urls, "SWAPWATCH_BENCH", "swapwatch.bench"))
+    _, stored = asyncio.run(stored_events(urls, "SWAPWATCH_BENCH", "swapwatch.bench"))
     summary: dict[str, Any] = {"events_per_run": n, "repeats": repeats, "runs": runs,
                                "stored_in_bench_stream": stored, "expected_in_bench_stream": n * repeats}
     for label, rs in runs.items():
@@ -526,7 +467,7 @@ def measure_node(node: MonitorNode, seconds: float) -> dict[str, Any]:
     f0, c0, w0 = frames_now(node), cpu_seconds(node.proc.pid), time.time()
     time.sleep(seconds)
     f1, c1, w1 = frames_now(node), cpu_seconds(node.proc.pid), time.time()
-    events = [e for e in node.events() if w0 <= ts(e["time"]) < w1]
+    events = [e for e in node.events() if w0 <= event_time(e["time"]) < w1]
     frames = f1 - f0
     cpu = (c1 - c0) if c0 is not None and c1 is not None else None
     return {"seconds": round(w1 - w0, 2), "events": len(events), "events_per_s": round(len(events) / (w1 - w0), 2),
@@ -676,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
                                "lease_ttl_s": TTL_S, "renew_s": RENEW_S, "nodes": NODES, "streams": len(STREAMS)}
     with contextlib.ExitStack() as stack:
-        clip = write_face_clip(work / "clip.mp4")
+        clip = write_face_clip(work / "clip.mp4", width=320, height=180, fps=10, seconds=4.0)
         rtsp: RtspServer = start_rtsp_server(clip, work / "rtsp", backend=backend)
         stack.callback(rtsp.stop)
         progress(f"RTSP server ({backend}) at {rtsp.url}; starting 3 nats-server nodes")

@@ -484,7 +484,7 @@ def assert_same_results(got: Any, want: Any, where: str = "") -> None:
 
 
 def test_two_scan_nodes_sharing_one_server_score_like_onnx_runtime(server: Served, tmp_path: Path) -> None:
-    from tests.stream.conftest import write_face_clip
+    from swapwatch.stream.bench.face_clip import write_face_clip
 
     clip = write_face_clip(tmp_path / "astronaut.mp4", fps=30, seconds=3.0)  # a real face, 90 frames
     _finish(_scan([str(clip)], tmp_path / "local.jsonl"))
@@ -503,7 +503,7 @@ def test_two_scan_nodes_sharing_one_server_score_like_onnx_runtime(server: Serve
 
 
 def test_watch_runs_the_monitor_on_the_server(server: Served, tmp_path: Path) -> None:
-    from tests.stream.conftest import write_face_clip
+    from swapwatch.stream.bench.face_clip import write_face_clip
 
     clip = write_face_clip(tmp_path / "astronaut.mp4", fps=15, seconds=2.0)
     before = len(server.batches())

@@ -19,11 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from swapwatch.stream.bench.cluster_rig import ClusterRig, MonitorNode, overlaps, running_on, scoring_events
+from swapwatch.stream.bench.cluster_rig import (
+    ClusterRig,
+    MonitorNode,
+    event_time,
+    overlaps,
+    running_on,
+    scoring_events,
+    stored_events,
+)
+from swapwatch.stream.bench.face_clip import write_face_clip
 from swapwatch.stream.bench.nats_cluster import LocalNatsCluster, find_nats_server
 from swapwatch.stream.bench.rtsp_replay import RtspServer, choose_backend, start_rtsp_server
 from swapwatch.stream.bench.tcp_proxy import TcpProxy
-from tests.stream.conftest import write_face_clip
 from tests.stream.server.chromium import Chromium, chromium_path
 
 TTL_S, RENEW_S = 5.0, 1.0
@@ -138,7 +146,7 @@ def test_a_stream_removed_through_any_node_stops_on_its_owner(rig: Rig) -> None:
     removed_at = time.time()
     m.wait_until(lambda v: "cam5" not in running_on(v), timeout_s=10, via=owner)
     time.sleep(3 * RENEW_S)
-    late = [e for e in scoring_events(owner.events()) if e["stream"] == "cam5" and _ts(e["time"]) > removed_at + 2 * RENEW_S]
+    late = [e for e in scoring_events(owner.events()) if e["stream"] == "cam5" and event_time(e["time"]) > removed_at + 2 * RENEW_S]
     assert late == []
     m.add_stream("cam5", rig.rtsp.url, via=other)
     m.wait_until(lambda v: set(running_on(v)) == set(STREAMS), timeout_s=30)
@@ -223,7 +231,7 @@ def test_partitioned_node_stops_its_streams_and_does_not_take_them_back(rig: Rig
         last_scored = max(
             (e["time"] for e in scoring_events(cut_off.events()) if e["stream"] in held), default=""
         )
-        assert last_scored and _ts(last_scored) <= cut_at + TTL_S, "the cut-off node kept scoring past its lease"
+        assert last_scored and event_time(last_scored) <= cut_at + TTL_S, "the cut-off node kept scoring past its lease"
         for proxy in proxies:
             proxy.heal()
         time.sleep(4 * RENEW_S)  # it reconnects and runs a few rounds
@@ -242,7 +250,7 @@ def test_a_node_whose_link_goes_silent_stops_at_its_deadline(rig: Rig) -> None:
         for proxy in proxies:
             proxy.freeze()
         wait_moved_off(rig, silent, held)
-        last_scored = max(_ts(e["time"]) for e in scoring_events(silent.events()) if e["stream"] in held)
+        last_scored = max(event_time(e["time"]) for e in scoring_events(silent.events()) if e["stream"] in held)
         margin = min(TTL_S / 2, RENEW_S * 1.5)  # ClusterConfig.stop_margin_s
         print(f"silent link: last score {last_scored - frozen_at:.2f} s after the freeze "
               f"(deadline at most {TTL_S - margin:.1f} s after it)")
@@ -251,12 +259,6 @@ def test_a_node_whose_link_goes_silent_stops_at_its_deadline(rig: Rig) -> None:
         for proxy in proxies:
             proxy.thaw()
         assert silent.stop() == 0
-
-
-def _ts(iso: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _won_again(node: MonitorNode, stream: str, after: float) -> bool:
@@ -280,21 +282,7 @@ def test_killing_the_jetstream_leader_loses_no_event_and_stores_none_twice(rig: 
         assert node.stop() == 0, node.log_path.read_text()[-3000:]
     emitted = [e["id"] for n in live for e in n.events()[offsets[n.name]:]]
     assert len(emitted) > 50
-    stored = asyncio.run(_stored_ids(rig.nats.urls))
+    stored = [e.id for e in asyncio.run(stored_events(rig.nats.urls))[0]]
     assert len(stored) == len(set(stored)), "an event is in the durable stream twice"
     missing = set(emitted) - set(stored)
     assert not missing, f"{len(missing)} of {len(emitted)} events missing from the durable stream"
-
-
-async def _stored_ids(urls: list[str]) -> list[str]:
-    import nats
-
-    from swapwatch.stream.cluster.config import ClusterConfig
-    from swapwatch.stream.cluster.event_log import read_events
-
-    nc = await nats.connect(servers=urls)
-    try:
-        events, _ = await read_events(nc.jetstream(), ClusterConfig(urls=urls), limit=10**6, scan=10**6, timeout_s=5)
-    finally:
-        await nc.close()
-    return [e.id for e in events]

@@ -30,6 +30,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from swapwatch.stream.bench.rtsp_replay import free_port
+from swapwatch.stream.events import Event
 
 FAST_LEASES = {"cluster.lease_ttl_s": "5", "cluster.renew_s": "1", "cluster.request_timeout_s": "1.5"}
 """Lease timing for tests and benchmarks: a dead node's streams move within about 6 s."""
@@ -226,6 +227,30 @@ class ClusterRig:
         self.stop()
 
 
+def event_time(iso: str) -> float:
+    """Unix seconds of an event's ISO 8601 `time`."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def stored_events(urls: Sequence[str], stream: str = "SWAPWATCH_EVENTS",
+                        subject: str = "swapwatch.events") -> tuple[list[Event], int]:
+    """Every event in a durable events stream, and how many messages the stream says it holds."""
+    import nats
+
+    from swapwatch.stream.cluster.config import ClusterConfig
+    from swapwatch.stream.cluster.event_log import read_events
+
+    config = ClusterConfig(urls=list(urls), node="reader", events_stream=stream, events_subject=subject)
+    nc = await nats.connect(servers=list(urls))
+    try:
+        js = nc.jetstream(timeout=10.0)
+        info = await js.stream_info(stream)
+        events, _ = await read_events(js, config, limit=10**8, scan=10**8, timeout_s=20.0)
+    finally:
+        await nc.close()
+    return events, int(info.state.messages)
+
+
 def running_on(view: Sequence[dict[str, Any]]) -> dict[str, str]:
     """stream -> node for the streams whose owner reports them live."""
     out = {}
@@ -251,7 +276,7 @@ def overlaps(events_by_node: dict[str, list[dict[str, Any]]], *, min_tenure_s: f
     timelines: dict[str, list[tuple[float, str]]] = {}
     for node, events in events_by_node.items():
         for event in scoring_events(events):
-            t = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+            t = event_time(event["time"])
             timelines.setdefault(event["stream"], []).append((t, node))
     problems = []
     for stream, timeline in sorted(timelines.items()):
